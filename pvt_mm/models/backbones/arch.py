@@ -1,0 +1,101 @@
+"""The one table of PVT variants. Configs pick an entry by name (``arch='small'``)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+NUM_STAGES = 4
+
+
+@dataclass(frozen=True)
+class PVTArch:
+    """Settings of one PVT variant (one value per stage).
+
+    ``version`` 1: non-overlapping patch embedding, absolute position embeddings, no stage norm.
+    ``version`` 2: overlapping patch embedding, depthwise conv in the MLP, a norm after each
+    stage. ``linear``: PVTv2-li attention (7x7 average pool instead of a strided reduction).
+    """
+
+    version: int
+    embed_dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...] = (1, 2, 5, 8)
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
+    mlp_ratios: tuple[float, ...] = (8, 8, 4, 4)
+    linear: bool = False
+
+    def __post_init__(self) -> None:
+        if self.version not in (1, 2):
+            raise ValueError(f'arch version must be 1 or 2, got {self.version!r}')
+        if self.linear and self.version != 2:
+            raise ValueError('linear (li) attention exists only in PVTv2')
+        for f in ('embed_dims', 'depths', 'num_heads', 'sr_ratios', 'mlp_ratios'):
+            value = getattr(self, f)
+            if not isinstance(value, (tuple, list)) or len(value) != NUM_STAGES:
+                raise ValueError(f'arch {f} must list {NUM_STAGES} values (one per stage), '
+                                 f'got {value!r}')
+            object.__setattr__(self, f, tuple(value))
+            if any(v <= 0 for v in value):
+                raise ValueError(f'arch {f} must be positive, got {value!r}')
+        for dim, heads in zip(self.embed_dims, self.num_heads):
+            if dim % heads:
+                raise ValueError(f'embed dim {dim} is not divisible by its {heads} heads')
+
+    @property
+    def total_depth(self) -> int:
+        return sum(self.depths)
+
+
+_V2_DIMS = (64, 128, 320, 512)
+ARCHS: dict[str, PVTArch] = {
+    # PVT v1 (Wang et al., ICCV 2021)
+    'tiny': PVTArch(1, _V2_DIMS, (2, 2, 2, 2)),
+    'small': PVTArch(1, _V2_DIMS, (3, 4, 6, 3)),
+    'medium': PVTArch(1, _V2_DIMS, (3, 4, 18, 3)),
+    'large': PVTArch(1, _V2_DIMS, (3, 8, 27, 3)),
+    # PVT v2 (Wang et al., CVMJ 2022)
+    'b0': PVTArch(2, (32, 64, 160, 256), (2, 2, 2, 2)),
+    'b1': PVTArch(2, _V2_DIMS, (2, 2, 2, 2)),
+    'b2': PVTArch(2, _V2_DIMS, (3, 4, 6, 3)),
+    'b2_li': PVTArch(2, _V2_DIMS, (3, 4, 6, 3), linear=True),
+    'b3': PVTArch(2, _V2_DIMS, (3, 4, 18, 3)),
+    'b4': PVTArch(2, _V2_DIMS, (3, 8, 27, 3)),
+    'b5': PVTArch(2, _V2_DIMS, (3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4)),
+}
+
+# Class names of the official whai362/PVT code -> entries of ARCHS.
+OFFICIAL_NAMES: dict[str, str] = {
+    **{f'pvt_{n}': n for n in ('tiny', 'small', 'medium', 'large')},
+    **{f'pvt_v2_{n}': n for n in ('b0', 'b1', 'b2', 'b2_li', 'b3', 'b4', 'b5')},
+}
+
+
+def resolve_arch(arch: str | Mapping[str, Any] | PVTArch, version: int) -> PVTArch:
+    """An ARCHS name, a dict of custom settings or a PVTArch -> a validated PVTArch.
+
+    A dict needs ``embed_dims`` and ``depths``; other settings default as in PVTArch.
+    """
+    if isinstance(arch, PVTArch):
+        spec = arch
+    elif isinstance(arch, str):
+        name = OFFICIAL_NAMES.get(arch, arch)
+        choices = sorted(k for k, a in ARCHS.items() if a.version == version)
+        if name not in ARCHS or ARCHS[name].version != version:
+            raise ValueError(f'unknown PVT{"v2" if version == 2 else ""} arch {arch!r}; '
+                             f'choose one of {choices} or pass a dict of settings')
+        spec = ARCHS[name]
+    elif isinstance(arch, Mapping):
+        allowed = {f.name for f in fields(PVTArch)} - {'version'}
+        unknown = sorted(set(arch) - allowed)
+        if unknown:
+            raise ValueError(f'unknown arch settings {unknown}; allowed: {sorted(allowed)}')
+        missing = sorted({'embed_dims', 'depths'} - set(arch))
+        if missing:
+            raise ValueError(f'custom arch is missing {missing}')
+        spec = PVTArch(version=version, **arch)
+    else:
+        raise TypeError(f'arch must be a name or a dict, got {type(arch).__name__}')
+    if spec.version != version:
+        raise ValueError(f'arch is PVT v{spec.version}, not v{version}')
+    return spec
