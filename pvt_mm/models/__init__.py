@@ -1,1 +1,3 @@
-from .backbones import PVT, PVTv2  # noqa: F401  (registers the backbones)
+from .backbones import PVT, PVTv2
+
+__all__ = ['PVT', 'PVTv2']
