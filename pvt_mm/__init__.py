@@ -4,6 +4,7 @@
 ``PVT``, ``PVTv2`` and the official class names in mmengine's root ``MODELS`` registry, which
 mmdet's and mmseg's registries fall back to.
 """
+from . import engine  # noqa: F401  registers DropPathWarmupHook in mmengine's HOOKS
 from .convert import CheckpointError, convert_pvt_checkpoint
 from .models import PVT, PVTv2
 from .version import __version__

@@ -154,7 +154,8 @@ class PyramidVisionTransformerBase(BaseModule):
 
     def _drop_path_rates(self, rate: float) -> list[list[float]]:
         """Linear 0..rate over all blocks, split per stage (the official rule)."""
-        flat = torch.linspace(0, rate, self.arch.total_depth).tolist()
+        n = self.arch.total_depth  # plain Python, so building on the meta device works
+        flat = [rate * i / (n - 1) if n > 1 else 0. for i in range(n)]
         out, start = [], 0
         for d in self.arch.depths:
             out.append(flat[start:start + d])

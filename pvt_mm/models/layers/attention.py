@@ -6,6 +6,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused import linear_act
 from .shape import HW, nchw_to_nlc, nlc_to_nchw
 
 AttnMode = Literal['sdpa', 'explicit']
@@ -83,8 +84,8 @@ class SpatialReductionAttention(nn.Module):
     def forward(self, x: Tensor, hw: HW) -> Tensor:
         """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C)."""
         B, N, C = x.shape
-        q = self.q(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(self.reduce(x, hw))
+        q = linear_act(x, self.q).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = linear_act(self.reduce(x, hw), self.kv)
         k, v = kv.view(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         drop = self.attn_drop if self.training else 0.
         if self._attn_mode == 'sdpa':
@@ -93,4 +94,4 @@ class SpatialReductionAttention(nn.Module):
             attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
             out = F.dropout(attn, drop) @ v
         out = out.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(linear_act(out, self.proj))

@@ -1,25 +1,39 @@
 """Feed-forward layers of PVT blocks (v1: plain MLP; v2: with a 3x3 depthwise conv)."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from .shape import HW, nchw_to_nlc, nlc_to_nchw
+from .fused import conv_act, fused_dtype, linear_act
+from .shape import HW
+
+# Without autograd the MLP runs over bands of image rows, so that its hidden activations
+# (mlp_ratio x wider than the tokens: 136 MiB per image at stride 4 for 800x1333 in fp32, held
+# twice around the depthwise conv) never exist whole: each band's hidden stays cache-sized (8 MiB
+# measured faster than 32 MiB and than whole maps on a 2-core EPYC, and far lighter on memory);
+# the depthwise conv reads one extra row on each side of a band.
+INFER_BAND_BYTES = 8 * 2 ** 20
 
 
 class DWConv(nn.Module):
-    """3x3 depthwise conv on tokens; wraps ``dwconv`` to keep the official key names."""
+    """3x3 depthwise conv on token rows; wraps ``dwconv`` to keep the official key names."""
+
+    HALO = 1  # rows of context the 3x3 kernel needs on each side
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
-    def forward(self, x: Tensor, hw: HW) -> Tensor:
-        """x: (B, N, C) -> (B, N, C)."""
-        return nchw_to_nlc(self.dwconv(nlc_to_nchw(x, hw)))[0]
+    def forward(self, x: Tensor, act: str = 'none') -> Tensor:
+        """x: (B, h, W, C) rows of tokens -> act(dwconv(x)): (B, h, W, C)."""
+        return conv_act(x.permute(0, 3, 1, 2), self.dwconv, act).permute(0, 2, 3, 1)
 
 
 class Mlp(nn.Module):
     """``fc1 -> [ReLU] -> [DWConv] -> GELU -> fc2`` on (B, N, C) tokens.
+
+    Each activation is fused into the op before it on the inference fast path
+    (:mod:`.fused`).
 
     Args:
         dim: input/output channels.
@@ -39,12 +53,30 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
+    def _rows(self, x: Tensor, keep: slice) -> Tensor:
+        """x: (B, h, W, C) token rows -> (B, len(keep), W, C): the MLP output of rows
+        ``keep``; the other rows are only context for the depthwise conv."""
+        if self.dwconv is None:
+            x = linear_act(x[:, keep], self.fc1, 'gelu')
+        else:
+            x = linear_act(x, self.fc1, 'relu' if self.relu is not None else 'none')
+            x = self.dwconv(x, 'gelu')[:, keep]
+        return self.drop(linear_act(self.drop(x), self.fc2))
+
     def forward(self, x: Tensor, hw: HW) -> Tensor:
         """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C)."""
-        x = self.fc1(x)
-        if self.relu is not None:
-            x = self.relu(x)
-        if self.dwconv is not None:
-            x = self.dwconv(x, hw)
-        x = self.drop(self.act(x))
-        return self.drop(self.fc2(x))
+        B, N, C = x.shape
+        H, W = hw
+        rows = x.view(B, H, W, C)
+        dtype = fused_dtype(x)
+        row_bytes = B * W * self.fc1.out_features * (dtype or x.dtype).itemsize
+        band = max(1, INFER_BAND_BYTES // row_bytes)
+        if torch.is_grad_enabled() or band >= H:
+            return self._rows(rows, slice(None)).view(B, N, C)
+        halo = DWConv.HALO if self.dwconv is not None else 0
+        out = x.new_empty(B, H, W, C, dtype=dtype or x.dtype)
+        for r0 in range(0, H, band):
+            r1 = min(r0 + band, H)
+            a, b = max(r0 - halo, 0), min(r1 + halo, H)
+            out[:, r0:r1] = self._rows(rows[:, a:b], slice(r0 - a, r1 - a))
+        return out.view(B, N, C)

@@ -1,0 +1,31 @@
+# RetinaNet + PVT + FPN, COCO 1x: the official whai362/PVT detection recipe on mmdet 3.x.
+# Family base: configs/retinanet_<backbone>_fpn_1x_coco.py choose the backbone and checkpoint.
+_base_ = [
+    'mmdet::_base_/models/retinanet_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_detection.py',  # 1333x800, 2 images per GPU
+    'mmdet::_base_/schedules/schedule_1x.py',  # 12 epochs, steps [8, 11], 500-iter linear warm-up
+    'mmdet::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['pvt_mm'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='PVT',
+        arch='small',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.1,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://github.com/whai362/PVT/releases/download/v2/pvt_small.pth')),
+    # the official PVT RetinaNet neck: P3-P7 from C3-C5, extra levels from the backbone's C5
+    neck=dict(
+        in_channels=[64, 128, 320, 512],
+        out_channels=256,
+        start_level=1,
+        add_extra_convs='on_input',
+        num_outs=5))
+
+# AdamW as in the official configs, for 8 GPUs x 2 images (auto_scale_lr base_batch_size 16)
+optim_wrapper = dict(
+    optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, weight_decay=1e-4))

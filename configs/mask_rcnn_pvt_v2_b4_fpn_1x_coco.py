@@ -1,0 +1,12 @@
+# Mask R-CNN with PVTv2-b4. Recipe and comments: ./_base_/mask_rcnn_pvt_fpn_1x_coco.py
+_base_ = './_base_/mask_rcnn_pvt_fpn_1x_coco.py'
+model = dict(
+    backbone=dict(
+        type='PVTv2',
+        arch='b4',
+        init_cfg=dict(
+            checkpoint='https://github.com/whai362/PVT/releases/download/v2/pvt_v2_b4.pth')))
+# as the official configs of the largest models: 8 GPUs x 1 image, lr / 1.4
+optim_wrapper = dict(optimizer=dict(lr=2e-4 / 1.4))
+train_dataloader = dict(batch_size=1, num_workers=1)
+auto_scale_lr = dict(base_batch_size=8)

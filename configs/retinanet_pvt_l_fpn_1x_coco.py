@@ -1,0 +1,16 @@
+# RetinaNet with PVT-L. Recipe and comments: ./_base_/retinanet_pvt_fpn_1x_coco.py
+_base_ = './_base_/retinanet_pvt_fpn_1x_coco.py'
+model = dict(
+    backbone=dict(
+        type='PVT',
+        arch='large',
+        # the official PVT v1 medium/large train without stochastic depth; to bring it in
+        # later, add e.g. custom_hooks = [
+        #     dict(type='DropPathWarmupHook', milestones=[(6, 0.1)])]
+        drop_path_rate=0.,
+        init_cfg=dict(
+            checkpoint='https://github.com/whai362/PVT/releases/download/v2/pvt_large.pth')))
+# as the official configs of the largest models: 8 GPUs x 1 image, lr / 1.4
+optim_wrapper = dict(optimizer=dict(lr=1e-4 / 1.4))
+train_dataloader = dict(batch_size=1, num_workers=1)
+auto_scale_lr = dict(base_batch_size=8)
