@@ -1,0 +1,315 @@
+"""Latency, throughput, peak memory and bf16 accuracy of PVT backbones and whole models.
+
+Every compared model runs in the same process with their runs alternated (run i of each model
+before run i + 1 of any), so a shared or throttling CPU slows them alike; latency is the median
+of the timed runs after warm-up. Peak memory is measured for each model and mode in its own
+fresh subprocess (:mod:`._memory_worker`): on CPU the growth of the peak resident set over the
+process's size before the model is built, on CUDA ``torch.cuda.max_memory_allocated``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .models import (arch_spec, backbone_impl, build_from_config, build_peer_backbone,
+                     check_arch, load_config, mmdet_backbone_cfg, swap_backbone,
+                     synthetic_batch)
+
+MODES = ('fp32', 'bf16', 'fp16', 'train')
+INFERENCE_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+SEED = 0
+TRAIN_LR = 1e-4  # AdamW for a backbone alone (configs use their own optim_wrapper)
+MIB = 2 ** 20
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model to measure, described so that any process can build it (JSON-able).
+
+    ``role``: 'ours', 'peer' (mmdet / timm) or 'ref' (our own other variant, where mmdet has
+    no peer). ``modes``: the modes it is measured in (None: all).
+    """
+
+    label: str
+    impl: str
+    role: str
+    subject: str  # what is compared: an arch name or a config name
+    arch: str | None = None
+    config: str | None = None
+    cfg_options: dict | None = None
+    with_cp: bool = False
+    modes: tuple[str, ...] | None = None
+
+    def runs_in(self, mode: str) -> bool:
+        return self.modes is None or mode in self.modes
+
+
+def backbone_candidates(arch: str, peers: Sequence[str] = ('mmdet', 'timm'),
+                        with_cp: bool = False) -> list[Candidate]:
+    """Ours, mmdet's built-in and timm's for ``arch``; for b2_li (no mmdet peer) our b2."""
+    arch = check_arch(arch)
+    spec = arch_spec(arch)
+    ours = Candidate(f'pvt_mm {arch}', 'pvt_mm', 'ours', arch, arch=arch)
+    out = [ours]
+    if with_cp:
+        out.append(replace(ours, label=f'{ours.label} with_cp', with_cp=True, modes=('train',)))
+    if 'mmdet' in peers:
+        if spec.linear:
+            ref = arch.replace('_li', '')
+            out.append(replace(ours, label=f'pvt_mm {ref} (no mmdet peer)', role='ref',
+                               arch=ref))
+        elif mmdet_backbone_cfg(arch) is not None:
+            out.append(replace(ours, label=f'mmdet {arch}', impl='mmdet', role='peer'))
+    if 'timm' in peers and spec.version == 2:
+        out.append(replace(ours, label=f'timm {arch}', impl='timm', role='peer'))
+    return out
+
+
+def config_candidates(config: str, cfg_options: dict | None = None, peers: Sequence[str] = (
+        'mmdet',), with_cp: bool = False) -> list[Candidate]:
+    """The config with our backbone and, where mmdet has the architecture, with its own."""
+    cfg = load_config(config, cfg_options)
+    _, arch = backbone_impl(cfg)
+    name = Path(config).stem
+    out = [Candidate(f'{name} [pvt_mm]', 'pvt_mm', 'ours', name, arch=arch, config=config,
+                     cfg_options=cfg_options)]
+    if with_cp:
+        out.append(replace(out[0], label=f'{name} [pvt_mm with_cp]', with_cp=True,
+                           modes=('train',)))
+    if 'mmdet' in peers and swap_backbone(cfg, 'mmdet') is not None:
+        out.append(replace(out[0], label=f'{name} [mmdet]', impl='mmdet', role='peer'))
+    return out
+
+
+# ---- building what runs ------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """A built model and one step of it. ``step()`` returns the loss for training steps.
+    ``features()`` gives the backbone's stage maps (for the bf16 comparison)."""
+
+    model: nn.Module
+    step: Callable[[], float | None]
+    features: Callable[[], tuple[Tensor, ...]]
+
+
+def autocast_context(mode: str, device: str) -> AbstractContextManager:
+    """torch.autocast for 'bf16' / 'fp16' on ``device`` ('cpu', 'cuda', 'cuda:1'), else none."""
+    device_type = device.split(':')[0]
+    if mode in INFERENCE_DTYPES:
+        if mode == 'fp16' and device_type == 'cpu':
+            raise ValueError('fp16 autocast is benchmarked on CUDA only (use --device cuda)')
+        return torch.autocast(device_type, dtype=INFERENCE_DTYPES[mode])
+    return nullcontext()
+
+
+def build_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: int,
+                   device: str) -> Workload:
+    """Build ``c`` (seeded, so equal candidates get equal weights) ready to run ``mode``."""
+    torch.manual_seed(SEED)
+    if c.config is None:
+        return _backbone_workload(c, mode, shape, batch_size, device)
+    return _config_workload(c, mode, shape, batch_size, device)
+
+
+def _backbone_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: int,
+                       device: str) -> Workload:
+    model = build_peer_backbone(c.arch, c.impl).to(device)
+    if c.with_cp:
+        model.with_cp = True
+    x = torch.randn(batch_size, 3, *shape, generator=torch.Generator().manual_seed(SEED))
+    x = x.to(device)
+
+    def features() -> tuple[Tensor, ...]:
+        return tuple(model(x))
+
+    if mode == 'train':
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=TRAIN_LR)
+
+        def train_step() -> float:
+            opt.zero_grad(set_to_none=True)
+            loss = sum(o.float().pow(2).mean() for o in model(x))
+            loss.backward()
+            opt.step()
+            return loss.item()
+        return Workload(model, train_step, features)
+    model.eval()
+    ctx = autocast_context(mode, device)
+
+    def infer() -> None:
+        with torch.no_grad(), ctx:
+            model(x)
+    return Workload(model, infer, features)
+
+
+def _config_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: int,
+                     device: str) -> Workload:
+    cfg = swap_backbone(load_config(c.config, c.cfg_options), c.impl)
+    if c.with_cp:
+        cfg.model.backbone.with_cp = True
+    model = build_from_config(cfg, init=True).to(device)
+    batch = synthetic_batch(model, cfg, shape, batch_size, with_gt=mode == 'train', seed=SEED)
+    data = model.data_preprocessor(batch, False)
+
+    def features() -> tuple[Tensor, ...]:
+        return tuple(model.backbone(data['inputs']))
+
+    if mode == 'train':
+        from mmengine.optim import build_optim_wrapper
+        model.train()
+        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+
+        def train_step() -> float:
+            log_vars = model.train_step(batch, optim_wrapper)
+            return float(torch.as_tensor(log_vars['loss']).detach())
+        return Workload(model, train_step, features)
+    model.eval()
+    ctx = autocast_context(mode, device)
+
+    def infer() -> None:
+        with torch.no_grad(), ctx:
+            model(data['inputs'], data['data_samples'], mode='tensor')
+    return Workload(model, infer, features)
+
+
+# ---- measuring -------------------------------------------------------------------------------
+@dataclass
+class Result:
+    """Measurements of one candidate in one mode at one input size."""
+
+    label: str
+    role: str
+    impl: str
+    subject: str
+    mode: str
+    shape: tuple[int, int]
+    batch_size: int
+    times: list[float] = field(default_factory=list)  # seconds per step
+    losses: list[float] = field(default_factory=list)  # training steps
+    memory_mib: float | None = None
+    cosine: list[float] | None = None  # per stage, bf16 / fp16 vs fp32
+    max_abs_diff: float | None = None
+    with_cp: bool = False
+
+    @property
+    def latency_ms(self) -> float:
+        return 1e3 * statistics.median(self.times)
+
+    @property
+    def throughput(self) -> float:
+        return self.batch_size / statistics.median(self.times)
+
+
+def _sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def time_alternating(workloads: dict[str, Workload], runs: int, warmup: int,
+                     device: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Warm each workload up, then run them in turn ``runs`` times.
+
+    The RNG is re-seeded with the run index before every step, so two workloads of the same
+    model (with_cp on / off) draw the same dropout / drop-path masks.
+    Returns (seconds per timed step, loss per timed step) by label.
+    """
+    times: dict[str, list[float]] = {k: [] for k in workloads}
+    losses: dict[str, list[float]] = {k: [] for k in workloads}
+    for i in range(warmup + runs):
+        for label, w in workloads.items():
+            torch.manual_seed(SEED + i)
+            _sync(device)
+            start = time.perf_counter()
+            loss = w.step()
+            _sync(device)
+            if i >= warmup:
+                times[label].append(time.perf_counter() - start)
+                if loss is not None:
+                    losses[label].append(loss)
+    return times, losses
+
+
+def reduced_precision_error(w: Workload, mode: str, device: str
+                            ) -> tuple[list[float], float]:
+    """(cosine similarity per stage, max abs difference) of the backbone's stage maps under
+    ``mode``'s autocast vs fp32, same weights and input."""
+    w.model.eval()
+    with torch.no_grad():
+        ref = w.features()
+        with autocast_context(mode, device):
+            low = w.features()
+    cos = [torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(),
+                                                 dim=0).item() for a, b in zip(ref, low)]
+    diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(ref, low))
+    return cos, diff
+
+
+def measure_memory(c: Candidate, mode: str, shape: Sequence[int], batch_size: int,
+                   device: str, threads: int, warmup: int) -> float:
+    """Peak memory (MiB) of building ``c`` and running ``warmup`` + 1 steps, in a fresh
+    subprocess (see :mod:`._memory_worker`)."""
+    spec = dict(candidate=asdict(c), mode=mode, shape=list(shape), batch_size=batch_size,
+                device=device, threads=threads, steps=warmup + 1)
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+        p for p in (root, os.environ.get('PYTHONPATH')) if p)}
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pvt_mm.analysis._memory_worker', '--_memory-worker',
+         json.dumps(spec)], capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f'memory worker for {c.label} ({mode}) failed:\n{proc.stderr[-3000:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])['peak_mib']
+
+
+def check_modes(modes: Sequence[str], device: str) -> None:
+    """ValueError naming an unknown mode or fp16 on CPU."""
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f'unknown mode {m!r}; choose from {MODES}')
+        autocast_context(m, device)
+
+
+def run_benchmark(candidates: Sequence[Candidate], modes: Sequence[str],
+                  shapes: Sequence[tuple[int, int]], batch_size: int = 1, runs: int = 10,
+                  warmup: int = 2, device: str = 'cpu', threads: int = 2,
+                  memory_modes: Sequence[str] | None = None,
+                  log: Callable[[str], None] = print) -> list[Result]:
+    """Measure every candidate in every mode at every shape; see the module doc."""
+    check_modes(modes, device)
+    memory_modes = modes if memory_modes is None else memory_modes
+    torch.set_num_threads(threads)
+    results = []
+    for shape in shapes:
+        for mode in modes:
+            group = [c for c in candidates if c.runs_in(mode)]
+            log(f'[{mode} {shape[0]}x{shape[1]} batch {batch_size}] building '
+                f'{", ".join(c.label for c in group)}')
+            workloads = {c.label: build_workload(c, mode, shape, batch_size, device)
+                         for c in group}
+            times, losses = time_alternating(workloads, runs, warmup, device)
+            for c in group:
+                r = Result(c.label, c.role, c.impl, c.subject, mode, tuple(shape), batch_size,
+                           times[c.label], losses[c.label], with_cp=c.with_cp)
+                if mode in INFERENCE_DTYPES:
+                    r.cosine, r.max_abs_diff = reduced_precision_error(
+                        workloads[c.label], mode, device)
+                results.append(r)
+                log(f'  {c.label}: {r.latency_ms:.1f} ms')
+            del workloads
+            if mode in memory_modes:
+                for c, r in zip(group, results[-len(group):]):
+                    r.memory_mib = measure_memory(c, mode, shape, batch_size, device, threads,
+                                                  warmup)
+                    log(f'  {c.label}: peak memory {r.memory_mib:.0f} MiB')
+    return results

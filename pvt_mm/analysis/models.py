@@ -1,0 +1,275 @@
+"""The models the analysis tools measure.
+
+Backbones by arch name (ours, and their peers: mmdet's built-in ``PyramidVisionTransformer(V2)``
+and timm's ``pvt_v2_*``), and whole detectors / segmentors built from an mmdet or mmseg config,
+with the backbone swapped between pvt_mm and mmdet's built-in where a peer exists.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, DefaultScope
+from torch import Tensor, nn
+
+from ..models.backbones.arch import ARCHS, OFFICIAL_NAMES, PVTArch
+from ..models.backbones.pvt import PVT, PVTv2, PyramidVisionTransformerBase
+
+Impl = Literal['pvt_mm', 'mmdet', 'timm']
+MMDET_TYPES = {1: 'PyramidVisionTransformer', 2: 'PyramidVisionTransformerV2'}
+OUR_TYPES = {1: 'PVT', 2: 'PVTv2'}
+# backbone settings that mean the same in pvt_mm and mmdet's built-in
+SHARED_BACKBONE_KEYS = ('in_channels', 'out_indices', 'pretrain_img_size', 'drop_rate',
+                        'attn_drop_rate', 'drop_path_rate', 'qkv_bias')
+
+
+def check_arch(arch: str) -> str:
+    """An ARCHS name or an official class name (``pvt_v2_b2``) -> the ARCHS name."""
+    name = OFFICIAL_NAMES.get(arch, arch)
+    if name not in ARCHS:
+        close = difflib.get_close_matches(arch, list(ARCHS) + list(OFFICIAL_NAMES), n=3)
+        hint = f' (did you mean {" or ".join(close)}?)' if close else ''
+        raise ValueError(f'unknown PVT arch {arch!r}{hint}; choose one of {sorted(ARCHS)} '
+                         'or an official name such as pvt_v2_b2')
+    return name
+
+
+def build_backbone(arch: str, **kwargs: Any) -> PyramidVisionTransformerBase:
+    """pvt_mm's ``PVT`` / ``PVTv2`` for an arch name; kwargs go to the constructor."""
+    name = check_arch(arch)
+    cls = PVT if ARCHS[name].version == 1 else PVTv2
+    return cls(arch=name, **kwargs)
+
+
+def mmdet_backbone_cfg(arch: str) -> dict | None:
+    """mmdet's built-in backbone config with the same architecture, or None (no peer: li)."""
+    spec = ARCHS[check_arch(arch)]
+    base = spec.embed_dims[0] // spec.num_heads[0]
+    # mmdet derives stage i's width as embed_dims * num_heads[i]
+    if spec.linear or any(d != base * h for d, h in zip(spec.embed_dims, spec.num_heads)):
+        return None
+    return dict(type=MMDET_TYPES[spec.version], embed_dims=base, num_layers=list(spec.depths),
+                num_heads=list(spec.num_heads), sr_ratios=list(spec.sr_ratios),
+                mlp_ratios=list(spec.mlp_ratios))
+
+
+# defaults of mmdet's PyramidVisionTransformer for the settings that define the architecture
+_MMDET_DEFAULTS = dict(embed_dims=64, num_layers=[3, 4, 6, 3], num_heads=[1, 2, 5, 8],
+                       sr_ratios=[8, 4, 2, 1], mlp_ratios=[8, 8, 4, 4])
+
+
+def arch_of_mmdet_cfg(cfg: dict) -> str | None:
+    """The ARCHS name whose architecture an mmdet built-in backbone config has, or None."""
+    given = {k: cfg.get(k, default) for k, default in _MMDET_DEFAULTS.items()}
+    given = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items()}
+    for name in ARCHS:
+        peer = mmdet_backbone_cfg(name)
+        if (peer is not None and peer['type'] == _type_name(cfg)
+                and all(given[k] == peer[k] for k in _MMDET_DEFAULTS)):
+            return name
+    return None
+
+
+class TimmFeatures(nn.Module):
+    """timm's ``pvt_v2_*`` returning the four stage maps like the mmdet backbones.
+
+    forward: (B, 3, H, W) -> tuple of 4 NCHW maps (strides 4, 8, 16, 32).
+    """
+
+    def __init__(self, arch: str) -> None:
+        super().__init__()
+        import timm
+        self.model = timm.create_model(f'pvt_v2_{arch}', pretrained=False, num_classes=0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.model.forward_intermediates(x, intermediates_only=True))
+
+
+def build_peer_backbone(arch: str, impl: Impl, **kwargs: Any) -> nn.Module:
+    """The backbone for ``arch`` from ``impl``; ValueError where that library has none."""
+    name = check_arch(arch)
+    if impl == 'pvt_mm':
+        return build_backbone(name, **kwargs)
+    if impl == 'mmdet':
+        peer = mmdet_backbone_cfg(name)
+        if peer is None:
+            raise ValueError(f'mmdet has no built-in backbone for PVT arch {name!r}')
+        import mmdet.models  # noqa: F401  (registers the built-in backbones)
+        from mmdet.registry import MODELS as MMDET_MODELS
+        return MMDET_MODELS.build({**peer, **kwargs})
+    if impl == 'timm':
+        if ARCHS[name].version != 2:
+            raise ValueError(f'timm has no PVT v1 model (arch {name!r})')
+        return TimmFeatures(name)
+    raise ValueError(f'unknown implementation {impl!r}; choose pvt_mm, mmdet or timm')
+
+
+# ---- whole models from configs ---------------------------------------------------------------
+def load_config(path: str | Path, cfg_options: dict | None = None) -> Config:
+    """Config.fromfile with a clear error for a missing file (naming near matches)."""
+    path = Path(path)
+    if not path.is_file():
+        near = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob('*.py')]
+                                         if path.parent.is_dir() else [], n=3)
+        hint = f'; did you mean {[str(path.parent / n) for n in near]}?' if near else ''
+        raise FileNotFoundError(f'config file {str(path)!r} does not exist{hint}')
+    cfg = Config.fromfile(str(path))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if 'model' not in cfg or 'backbone' not in cfg.model:
+        raise ValueError(f'config {str(path)!r} has no model.backbone')
+    return cfg
+
+
+def _type_name(backbone: dict) -> str:
+    return str(backbone.get('type', '')).split('.')[-1]
+
+
+def backbone_impl(cfg: Config) -> tuple[Impl | None, str | None]:
+    """(implementation, arch name) of the config's backbone; (None, None) if not a PVT."""
+    bb = cfg.model.backbone
+    t = _type_name(bb)
+    if t in OFFICIAL_NAMES:
+        return 'pvt_mm', OFFICIAL_NAMES[t]
+    if t in OUR_TYPES.values():
+        return 'pvt_mm', check_arch(bb.get('arch', 'small'))
+    if t in MMDET_TYPES.values():
+        return 'mmdet', arch_of_mmdet_cfg(bb)
+    return None, None
+
+
+def swap_backbone(cfg: Config, impl: Impl) -> Config | None:
+    """A copy of ``cfg`` whose PVT backbone comes from ``impl`` ('pvt_mm' or 'mmdet'), or
+    None where that implementation has no such architecture. Pretrained init is dropped
+    (benchmarks use random weights); out_indices, drop rates etc. are kept."""
+    have, arch = backbone_impl(cfg)
+    if have is None:
+        raise ValueError(f'the config backbone {cfg.model.backbone.get("type")!r} is not a PVT')
+    if have == impl:
+        return copy.deepcopy(cfg)
+    if arch is None:
+        return None
+    old = cfg.model.backbone
+    if impl == 'mmdet':
+        new = mmdet_backbone_cfg(arch)
+        if new is None:
+            return None
+        if config_scope(cfg) != 'mmdet':  # e.g. an mmseg model: name mmdet's registry
+            new['type'] = f'mmdet.{new["type"]}'
+    else:
+        new = dict(type=OUR_TYPES[ARCHS[arch].version], arch=arch)
+    new.update({k: old[k] for k in SHARED_BACKBONE_KEYS if k in old})
+    out = copy.deepcopy(cfg)
+    out.model.backbone = new
+    return out
+
+
+def config_scope(cfg: Config) -> str:
+    """'mmdet' or 'mmseg' (the config's default_scope)."""
+    scope = cfg.get('default_scope', 'mmdet')
+    if scope not in ('mmdet', 'mmseg'):
+        raise ValueError(f'only mmdet and mmseg configs are supported, got scope {scope!r}')
+    return scope
+
+
+def build_from_config(cfg: Config, init: bool = False) -> nn.Module:
+    """Detector / segmentor of ``cfg`` built in its scope, with random weights: the
+    constructors' default ones, or with ``init`` the model's own ``init_weights`` (heads with
+    their prior biases etc.) without the backbone's pretrained checkpoint."""
+    import pvt_mm  # noqa: F401  (our backbones, whatever the config imports)
+    use_scope(config_scope(cfg))
+    if init:
+        cfg = copy.deepcopy(cfg)
+        cfg.model.backbone.pop('init_cfg', None)
+    model = MODELS.build(cfg.model)
+    if init:
+        from mmengine.logging import MMLogger
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel('WARNING')  # init_weights logs every parameter's initialiser
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
+    return model
+
+
+def use_scope(scope: str) -> None:
+    """Make ``scope`` mmengine's default scope (init_default_scope, without its warning when
+    a tool switches between mmdet and mmseg models)."""
+    current = DefaultScope.get_current_instance()
+    if current is None or current.scope_name != scope:
+        DefaultScope.get_instance(f'pvt_mm-{scope}-{time.perf_counter_ns()}', scope_name=scope)
+
+
+def synthetic_batch(model: nn.Module, cfg: Config, shape: Sequence[int], batch_size: int = 1,
+                    with_gt: bool = False, seed: int = 0) -> dict[str, list]:
+    """A data batch as a dataloader gives it: ``inputs`` uint8 (3, H, W) images and
+    ``data_samples`` with metainfo (and random ground truth for training: a few boxes, with
+    masks where the model has a mask head; or a semantic map)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = shape
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1., 1.),
+                flip=False)
+    inputs, samples = [], []
+    for _ in range(batch_size):
+        inputs.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
+        samples.append(_det_sample(model, meta, g, with_gt) if config_scope(cfg) == 'mmdet'
+                       else _seg_sample(model, meta, g, with_gt))
+    return dict(inputs=inputs, data_samples=samples)
+
+
+NUM_GT_BOXES = 4
+
+
+def _det_sample(model: nn.Module, meta: dict, g: torch.Generator, with_gt: bool) -> Any:
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    sample = DetDataSample(metainfo=meta)
+    if with_gt:
+        h, w = meta['img_shape']
+        xy = torch.rand(NUM_GT_BOXES, 2, generator=g) * torch.tensor([w, h]) * 0.5
+        wh = (torch.rand(NUM_GT_BOXES, 2, generator=g) * 0.4 + 0.1) * torch.tensor([w, h])
+        gt = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
+                          labels=torch.randint(0, _num_classes(model), (NUM_GT_BOXES,),
+                                               generator=g))
+        roi_head = getattr(model, 'roi_head', None)
+        if roi_head is not None and getattr(roi_head, 'with_mask', False):
+            masks = torch.zeros(NUM_GT_BOXES, h, w, dtype=torch.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(gt.bboxes.long().tolist()):
+                masks[i, y0:y1, x0:x1] = 1
+            gt.masks = BitmapMasks(masks.numpy(), h, w)
+        sample.gt_instances = gt
+    return sample
+
+
+def _seg_sample(model: nn.Module, meta: dict, g: torch.Generator, with_gt: bool) -> Any:
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    sample = SegDataSample(metainfo=meta)
+    if with_gt:
+        h, w = meta['img_shape']
+        classes = model.decode_head.num_classes
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w), generator=g))
+    return sample
+
+
+def _num_classes(model: nn.Module) -> int:
+    for head in ('bbox_head', 'roi_head'):
+        m = getattr(model, head, None)
+        if m is not None:
+            m = getattr(m, 'bbox_head', m)
+            return m.num_classes
+    raise ValueError(f'cannot find the number of classes of {type(model).__name__}')
+
+
+def arch_spec(arch: str) -> PVTArch:
+    """The variant table entry of an arch name (official names accepted)."""
+    return ARCHS[check_arch(arch)]

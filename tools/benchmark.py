@@ -1,0 +1,115 @@
+"""Latency, throughput, peak memory and bf16 accuracy: pvt_mm vs mmdet's built-in and timm.
+
+    # backbones (ours, mmdet's PyramidVisionTransformer(V2), timm's pvt_v2_*)
+    python tools/benchmark.py --arch small b2 b2_li --shape 224 --shape 800 1333 --mode fp32 bf16
+    # a whole detector: our config vs the same config with mmdet's built-in backbone
+    python tools/benchmark.py --config configs/retinanet_pvt_s_fpn_1x_coco.py --shape 512 \
+        --batch-size 2 --mode train --with-cp
+
+Compared models run alternately in one process (median latency after warm-up); peak memory is
+measured for each model and mode in a fresh subprocess. bf16 / fp16 rows also give the cosine
+similarity of each backbone stage output with fp32 and the max abs difference. See
+pvt_mm/analysis/benchmark.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+
+from mmengine.config import DictAction  # noqa: E402
+
+from pvt_mm.analysis.benchmark import (MODES, backbone_candidates,  # noqa: E402
+                                       check_modes, config_candidates, run_benchmark)
+from pvt_mm.analysis.report import (load_average, machine_info,  # noqa: E402
+                                    markdown_report, ratio_lines, save_plot, text_table,
+                                    write_markdown)
+
+PEERS = ('mmdet', 'timm')
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--arch', nargs='+', help='backbone variants (tiny..large, b0..b5, b2_li)')
+    src.add_argument('--config', nargs='+', help='mmdet / mmseg config files')
+    p.add_argument('--shape', type=int, nargs='+', action='append',
+                   help='input size H [W]; repeat for several (default 224)')
+    p.add_argument('--mode', nargs='+', default=['fp32', 'bf16'], choices=MODES,
+                   help='fp32 / bf16 / fp16 (CUDA) inference, train step (default fp32 bf16)')
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--runs', type=int, default=10, help='timed runs per model (median)')
+    p.add_argument('--warmup', type=int, default=2, help='untimed runs per model first')
+    p.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    p.add_argument('--device', default='cpu', help='cpu or cuda[:i]')
+    p.add_argument('--peers', nargs='*', default=list(PEERS), choices=PEERS,
+                   help='implementations to compare with (default: mmdet timm; none: ours only)')
+    p.add_argument('--with-cp', action='store_true',
+                   help='also time our model with activation checkpointing (train mode)')
+    p.add_argument('--memory-modes', nargs='*', choices=MODES, default=None,
+                   help='modes whose peak memory is measured (default: all; none: skip)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
+    p.add_argument('--markdown', type=Path, help='write the report as Markdown here')
+    p.add_argument('--section', help='with --markdown: replace only the block between '
+                                     '<!-- benchmark:SECTION --> and <!-- /benchmark:SECTION -->')
+    p.add_argument('--plot', type=Path, help='write a bar plot (PNG) here')
+    args = p.parse_args(argv)
+    shapes = []
+    for s in args.shape or [[224]]:
+        if len(s) not in (1, 2) or min(s) <= 0:
+            p.error(f'--shape takes one or two positive sizes (H [W]), got {s}')
+        shapes.append((s[0], s[-1]))
+    args.shape = shapes
+    if args.device.startswith('cuda'):
+        import torch
+        if not torch.cuda.is_available():
+            p.error('--device cuda given but CUDA is not available')
+    elif args.device != 'cpu':
+        p.error(f'--device must be cpu or cuda[:i], got {args.device!r}')
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    start = time.time()
+    try:
+        check_modes(args.mode, args.device)
+        if args.arch:
+            candidates = [c for a in args.arch
+                          for c in backbone_candidates(a, args.peers, args.with_cp)]
+        else:
+            candidates = [c for cfg in args.config for c in config_candidates(
+                cfg, args.cfg_options, args.peers, args.with_cp)]
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(str(e)) from None
+    info = machine_info(args.threads, args.device)
+    results = run_benchmark(candidates, args.mode, args.shape, args.batch_size, args.runs,
+                            args.warmup, args.device, args.threads, args.memory_modes,
+                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    info['load average at the end'] = load_average()
+    info['wall time of this run'] = f'{time.time() - start:.0f} s'
+    print(text_table(results))
+    print('\n'.join(ratio_lines(results)))
+    print('\n'.join(f'{k}: {v}' for k, v in info.items()))
+    if args.plot:
+        save_plot(results, args.plot)
+    if args.markdown:
+        command = 'python tools/benchmark.py ' + shlex.join(
+            sys.argv[1:] if argv is None else argv)
+        plot = None
+        if args.plot:
+            plot = Path(os.path.relpath(args.plot.resolve(),
+                                        args.markdown.parent.resolve())).as_posix()
+        write_markdown(args.markdown, markdown_report(results, info, command, plot),
+                       args.section)
+
+
+if __name__ == '__main__':
+    main()
