@@ -14,7 +14,7 @@ import torch
 from mmengine.config import Config
 
 from pvt_mm.demo import DemoDataSpec, make_demo_data
-from pvt_mm.demo.pipeline import DATA_ENV, run_demo
+from pvt_mm.demo.pipeline import DATA_ENV, StageResult, _seg_fits, parse_args, run_demo
 from pvt_mm.engine import cli  # module import: pytest would collect cli.test_main
 from pvt_mm.engine.cpu import CPUAmpOptimWrapper
 from pvt_mm.engine.runtime import allow_runner_checkpoints, build_runner, load_config
@@ -123,7 +123,11 @@ def test_segmentation_train_and_test(tiny_data, tmp_path):
     assert _meta(ckpt)['iter'] == 2
     metrics = cli.test_main([SEG, str(ckpt), '--work-dir', str(tmp_path), '--out',
                              str(tmp_path / 'pred'), '--show-dir', str(tmp_path / 'shown'),
-                             '--cfg-options', f'experiment_name=test_{uuid.uuid4().hex[:8]}'])
+                             '--cfg-options', f'experiment_name=test_{uuid.uuid4().hex[:8]}',
+                             'default_hooks.visualization.interval=1',  # mmseg: every 50th
+                             # a fresh visualizer: one named like the training run's would be
+                             # reused in this process, with the training run's save_dir
+                             f'visualizer.name=vis_{uuid.uuid4().hex[:8]}'])
     assert 0.0 <= metrics['mIoU'] <= 100.0
     assert len(list((tmp_path / 'pred').glob('*.png'))) == TINY.num_val
     assert len(list((tmp_path / 'shown').rglob('*.png'))) == TINY.num_val
@@ -132,18 +136,29 @@ def test_segmentation_train_and_test(tiny_data, tmp_path):
 def test_amp_on_cpu_uses_bf16_autocast(tiny_data, tmp_path):
     cfg = cli.train_config(cli.parse_train_args(
         [ATSS, '--amp', '--work-dir', str(tmp_path),
-         *_options(**{'train_cfg.max_epochs': 1, 'train_dataloader.batch_size': 8})]))
+         *_options(**{'train_cfg.max_epochs': 1, 'train_dataloader.batch_size': 8,
+                      'val_cfg': None, 'val_dataloader': None, 'val_evaluator': None})]))
     assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
     runner = build_runner(cfg)
-    seen = []
-    linear = next(m for m in runner.model.backbone.modules() if isinstance(m, torch.nn.Linear))
-    handle = linear.register_forward_hook(
-        lambda mod, inp, out: seen.append((torch.is_autocast_enabled('cpu'), out.dtype)))
+    seen = []  # the FPN's convolutions run in bfloat16 under CPU autocast
+    handle = runner.model.neck.register_forward_hook(lambda mod, inp, out: seen.append(
+        (mod.training, torch.is_autocast_enabled('cpu'), out[0].dtype)))
     runner.train()
     handle.remove()
     assert isinstance(runner.optim_wrapper, CPUAmpOptimWrapper)
-    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+    trained = [(on, dtype) for training, on, dtype in seen if training]  # not validation
+    assert trained and all(on and dtype == torch.bfloat16 for on, dtype in trained)
     assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+def test_cpu_amp_explains_ops_without_bf16_kernels():
+    model = torch.nn.Linear(2, 2)
+    wrapper = CPUAmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match='no bfloat16 CPU kernel.*without --amp'):
+        with wrapper.optim_context(model):
+            raise RuntimeError('expected scalar type Float but found BFloat16')  # mmcv's nms
+    with pytest.raises(ValueError, match='bfloat16'):
+        CPUAmpOptimWrapper(dtype='float16', optimizer=torch.optim.SGD(model.parameters(), 0.1))
 
 
 def test_demo_pipeline_runs_and_reports(tiny_data, tmp_path, capsys):
@@ -154,6 +169,16 @@ def test_demo_pipeline_runs_and_reports(tiny_data, tmp_path, capsys):
     assert status == 0
     assert 'bbox mAP@0.5' in printed and 'reaches the target' in printed
     assert (tmp_path / 'det' / 'epoch_1.pth').is_file()
+
+
+def test_demo_skips_segmentation_that_would_overrun_the_budget(capsys):
+    det = StageResult('detection', {}, seconds=300, train_seconds=290, iters=100, config='',
+                      checkpoint='')  # 2.9 s per detector iteration
+    args = parse_args(['--seg-iters', '400', '--time-budget', '600'])
+    assert not _seg_fits(args, det, elapsed=310)
+    assert 'segmentation skipped' in capsys.readouterr().out
+    assert _seg_fits(parse_args(['--seg-iters', '20', '--time-budget', '600']), det, 310)
+    assert _seg_fits(parse_args(['--seg-iters', '400', '--time-budget', '0']), det, 310)
 
 
 def test_clear_errors(tmp_path):

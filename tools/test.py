@@ -1,0 +1,11 @@
+"""Test (and evaluate) an MMDetection or MMSegmentation model with a pvt_mm backbone.
+
+Same flags as mmdet's / mmseg's ``tools/test.py``::
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE|DIR]
+        [--show-dir DIR] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+"""
+from pvt_mm.engine.cli import test_main
+
+if __name__ == '__main__':
+    test_main()
