@@ -105,12 +105,19 @@ def test_frozen_stages_none_and_bounds():
 
 @pytest.mark.parametrize('arch', [V1, V2, 'b2_li'])
 def test_sdpa_and_explicit_attention_agree(arch):
+    """F.scaled_dot_product_attention vs the explicit softmax path (the CPU inference fast
+    path is switched off here; tests/test_fast_path.py compares it with the reference)."""
+    from pvt_mm.models.layers.fused import set_fused_kernels
     model = build(arch, drop_path_rate=0.).eval()
     x = torch.randn(2, 3, 96, 130)
-    with torch.no_grad():
-        fast = model(x)
-        model.attn_mode = 'explicit'
-        ref = model(x)
+    set_fused_kernels(False)
+    try:
+        with torch.no_grad():
+            fast = model(x)
+            model.attn_mode = 'explicit'
+            ref = model(x)
+    finally:
+        set_fused_kernels(True)
     assert model.attn_mode == 'explicit'
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='attn_mode'):

@@ -26,6 +26,7 @@ CONFIG = 'configs/demo/atss_pvtv2-b0_fpn_demo.py'
 WORLD_SIZE = 2
 NUM_TRAIN, BATCH = 8, 2
 DIST_TIMEOUT_S = 540
+SYNCBN_TIMEOUT_S = 180
 
 
 @HOOKS.register_module(force=True)
@@ -102,29 +103,31 @@ def _log(work_dir: Path) -> str:
     return '\n'.join(p.read_text() for p in work_dir.glob('*/*.log'))
 
 
-SYNCBN_SCRIPT = """
+SYNCBN_CHECK = """
 import sys, torch
 from pvt_mm.engine.cpu import CPUDistributedDataParallel
 torch.distributed.init_process_group('gloo', init_method='file://' + sys.argv[1], rank=0,
                                      world_size=1)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SyncBatchNorm(4))
+x = torch.randn(2, 3, 8, 8)
 try:
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SyncBatchNorm(4))
-    wrapped = CPUDistributedDataParallel(model, device_ids=[0])
-    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in wrapped.modules())
-    wrapped(torch.randn(2, 3, 8, 8)).sum().backward()
-    assert wrapped.module[0].weight.grad is not None
-finally:
-    torch.distributed.destroy_process_group()
+    model(x)
+    sys.exit('SyncBatchNorm ran on CPU: the check below proves nothing')
+except ValueError as err:
+    assert 'GPU' in str(err), err
+wrapped = CPUDistributedDataParallel(model, device_ids=[0])
+assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in wrapped.modules())
+wrapped(x).sum().backward()
+assert wrapped.module[0].weight.grad is not None
+torch.distributed.destroy_process_group()
 print('ok')
 """
 
 
 def test_cpu_ddp_wrapper_runs_syncbn_models(tmp_path):
     """torch's SyncBatchNorm refuses CPU tensors once a process group exists; the CPU wrapper
-    turns it into BatchNorm (a 1-process gloo group is enough to show it). Run in a fresh
-    process: a process group in pytest's own process, after other tests ran runners and
-    dataloaders there, has hung."""
-    proc = subprocess.run([sys.executable, '-c', SYNCBN_SCRIPT, str(tmp_path / 'store')],
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-1] == 'ok'
+    turns it into BatchNorm. A 1-process gloo group shows it, in a child process so that this
+    one keeps no process group."""
+    proc = subprocess.run([sys.executable, '-c', SYNCBN_CHECK, str(tmp_path / 'store')],
+                          cwd=ROOT, capture_output=True, text=True, timeout=SYNCBN_TIMEOUT_S)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]

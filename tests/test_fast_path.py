@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from helpers import build
 
+import pvt_mm.models.layers.attention as attn_module
 import pvt_mm.models.layers.mlp as mlp_module
 from pvt_mm.models.backbones import ARCHS
 from pvt_mm.models.layers.fused import FUSED_AVAILABLE, set_fused_kernels
@@ -50,12 +51,15 @@ def test_fast_path_matches_reference_fp32_and_bf16(arch):
 @pytest.mark.parametrize('arch', ['tiny', 'b0', 'b2_li'])
 def test_row_bands_with_halo_match_whole_maps(arch, monkeypatch):
     """Force several bands per MLP (down to one row each) so band edges and the depthwise
-    conv's halo rows are exercised; results equal the whole-map computation."""
+    conv's halo rows are exercised, and several query chunks per attention (down to one
+    query each); results equal the whole-map reference computation."""
     model = build(arch).eval()
     x = torch.randn(2, 3, 96, 136)
     ref = reference(model, x)
     for band_bytes in (1, 2 * 34 * 256 * 4 * 3):  # 1 row; 3 rows of stage 1 (B=2, W=34)
         monkeypatch.setattr(mlp_module, 'INFER_BAND_BYTES', band_bytes)
+        # and attention over chunks of 1 and of 100 queries
+        monkeypatch.setattr(attn_module, 'INFER_SCORE_BYTES', 1 if band_bytes == 1 else 100 * 4)
         with torch.no_grad():
             torch.testing.assert_close(model(x), ref, rtol=FP32_TOL, atol=FP32_TOL)
 

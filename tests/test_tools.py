@@ -29,12 +29,15 @@ ITERS_PER_EPOCH = TINY.num_train // BATCH
 
 
 def _options(**extra) -> list[str]:
-    """--cfg-options for quick runs: small batches, one log line per iteration, a unique
-    experiment name (runners built in one process within a second would share a logger)."""
+    """--cfg-options for quick runs: small batches, data loading in this process (no worker
+    processes left behind), one log line per iteration, a unique experiment name (runners
+    built in one process within a second would share a logger)."""
     opts = {'experiment_name': f'test_{uuid.uuid4().hex[:8]}',
-            'train_dataloader.batch_size': BATCH, 'train_dataloader.num_workers': 0,
-            'train_dataloader.persistent_workers': False, 'default_hooks.logger.interval': 1,
-            **extra}
+            'train_dataloader.batch_size': BATCH, 'default_hooks.logger.interval': 1}
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if loader not in extra:
+            opts.update({f'{loader}.num_workers': 0, f'{loader}.persistent_workers': False})
+    opts.update(extra)
     return ['--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
 
 
@@ -69,8 +72,8 @@ def test_train_writes_checkpoint(mask_rcnn_run: Path):
 def test_test_reports_bbox_and_segm_metrics(mask_rcnn_run: Path, tmp_path, capfd):
     out = tmp_path / 'results.pkl'
     metrics = cli.test_main([MASK_RCNN, str(mask_rcnn_run / 'epoch_1.pth'), '--work-dir',
-                         str(tmp_path), '--out', str(out), '--show-dir', 'shown',
-                         '--cfg-options', f'experiment_name=test_{uuid.uuid4().hex[:8]}'])
+                             str(tmp_path), '--out', str(out), '--show-dir', 'shown',
+                             *_options()])
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
         assert 0.0 <= metrics[key] <= 1.0, key
     printed = capfd.readouterr().out
@@ -123,11 +126,11 @@ def test_segmentation_train_and_test(tiny_data, tmp_path):
     assert _meta(ckpt)['iter'] == 2
     metrics = cli.test_main([SEG, str(ckpt), '--work-dir', str(tmp_path), '--out',
                              str(tmp_path / 'pred'), '--show-dir', str(tmp_path / 'shown'),
-                             '--cfg-options', f'experiment_name=test_{uuid.uuid4().hex[:8]}',
-                             'default_hooks.visualization.interval=1',  # mmseg: every 50th
-                             # a fresh visualizer: one named like the training run's would be
-                             # reused in this process, with the training run's save_dir
-                             f'visualizer.name=vis_{uuid.uuid4().hex[:8]}'])
+                             *_options(**{
+                                 'default_hooks.visualization.interval': 1,  # mmseg: 50
+                                 # a fresh visualizer: one named like the training run's
+                                 # would be reused in this process, with its save_dir
+                                 'visualizer.name': f'vis_{uuid.uuid4().hex[:8]}'})])
     assert 0.0 <= metrics['mIoU'] <= 100.0
     assert len(list((tmp_path / 'pred').glob('*.png'))) == TINY.num_val
     assert len(list((tmp_path / 'shown').rglob('*.png'))) == TINY.num_val

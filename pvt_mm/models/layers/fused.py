@@ -105,6 +105,11 @@ def linear_act(x: Tensor, layer: nn.Linear, act: str = 'none') -> Tensor:
     return _MKLDNN._linear_pointwise(x.to(dtype), w, b, post_op, [], algorithm)
 
 
+def matmul_nt(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b.T`` for a (n, k), b (m, k) through oneDNN (fast-path dtypes, no autograd)."""
+    return _MKLDNN._linear_pointwise(a, b, None, 'none', [], '')
+
+
 def conv_act(x: Tensor, conv: nn.Conv2d, act: str = 'none') -> Tensor:
     """``act(conv(x))`` for an NCHW map (channels-last strides preferred)."""
     post_op, algorithm, reference = ACTIVATIONS[act]
