@@ -2,7 +2,6 @@
 counting on the meta device, tiny synthetic batches and one real training step."""
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Iterator
 

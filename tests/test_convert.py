@@ -84,7 +84,7 @@ def test_unplaceable_keys_are_named():
 
 def test_mixed_layouts_and_non_tensors_are_errors():
     sd = official_state_dict('b0')
-    both = {**sd, **{f'x.{k}': v for k, v in {}.items()}}
+    both = dict(sd)
     both['stages.0.patch_embed.proj.weight'] = sd['patch_embed1.proj.weight']
     with pytest.raises(CheckpointError, match='same parameter'):
         convert_pvt_checkpoint(both)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from mmdet.registry import MODELS as DET_MODELS
-from mmengine.config import Config
 from mmseg.registry import MODELS as SEG_MODELS
 
 from pvt_mm.models.backbones import ARCHS, OFFICIAL_NAMES, PVT, PVTv2

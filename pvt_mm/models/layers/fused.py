@@ -37,13 +37,18 @@ def set_fused_kernels(enabled: bool) -> None:
     _enabled = bool(enabled)
 
 
-def fused_dtype(x: Tensor) -> torch.dtype | None:
-    """The dtype the fused kernels should run in for ``x``, or None to use the plain ops."""
-    if (not _enabled or not FUSED_AVAILABLE or torch.is_grad_enabled()
-            or x.device.type != 'cpu'):
+def _onednn_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype oneDNN kernels would run in for ``x`` (autocast's, else x's), or None when
+    they cannot serve it (disabled, no oneDNN, not a CPU tensor, unsupported dtype)."""
+    if not _enabled or not FUSED_AVAILABLE or x.device.type != 'cpu':
         return None
     dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
     return dtype if dtype in FUSED_DTYPES else None
+
+
+def fused_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype of the no-autograd fused kernels for ``x``, or None to use the plain ops."""
+    return None if torch.is_grad_enabled() else _onednn_dtype(x)
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype, owner: nn.Module, name: str) -> Tensor | None:
@@ -82,22 +87,13 @@ class _OneDNNLinear(torch.autograd.Function):
         return dx, dw, db
 
 
-def _train_dtype(x: Tensor, layer: nn.Linear) -> torch.dtype | None:
-    """The dtype for :class:`_OneDNNLinear`, or None for the plain op."""
-    if not _enabled or not FUSED_AVAILABLE or x.device.type != 'cpu':
-        return None
-    dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
-    return dtype if dtype in FUSED_DTYPES and layer.weight.dtype in FUSED_DTYPES else None
-
-
 def linear_act(x: Tensor, layer: nn.Linear, act: str = 'none') -> Tensor:
     """``act(layer(x))`` for x of shape (..., C_in) -> (..., C_out)."""
     post_op, algorithm, reference = ACTIVATIONS[act]
-    dtype = fused_dtype(x)
-    if dtype is None:
-        dtype = _train_dtype(x, layer) if torch.is_grad_enabled() else None
-        if dtype is None:
-            return reference(layer(x))
+    dtype = _onednn_dtype(x)
+    if dtype is None or layer.weight.dtype not in FUSED_DTYPES:
+        return reference(layer(x))
+    if torch.is_grad_enabled():
         bias = None if layer.bias is None else layer.bias.to(dtype)
         return reference(_OneDNNLinear.apply(x.to(dtype), layer.weight.to(dtype), bias))
     w = _cast(layer.weight, dtype, layer, 'weight')
