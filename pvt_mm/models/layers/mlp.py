@@ -4,14 +4,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .fused import conv_act, fused_dtype, linear_act
-from .shape import HW
+from .fused import _onednn_dtype, conv_act, fused_dtype, linear_act
+from .mlp_grad import BandedMlpFunction
+from .shape import HW, row_bands
 
-# Without autograd the MLP runs over bands of image rows, so that its hidden activations
+# On the CPU fast paths the MLP runs over bands of image rows, so that its hidden activations
 # (mlp_ratio x wider than the tokens: 136 MiB per image at stride 4 for 800x1333 in fp32, held
 # twice around the depthwise conv) never exist whole: each band's hidden stays cache-sized (8 MiB
 # measured faster than 32 MiB and than whole maps on a 2-core EPYC, and far lighter on memory);
-# the depthwise conv reads one extra row on each side of a band.
+# the depthwise conv reads one extra row on each side of a band. Training takes the same path
+# forward and recomputes band by band backward (mlp_grad.py).
 INFER_BAND_BYTES = 8 * 2 ** 20
 
 
@@ -32,8 +34,9 @@ class DWConv(nn.Module):
 class Mlp(nn.Module):
     """``fc1 -> [ReLU] -> [DWConv] -> GELU -> fc2`` on (B, N, C) tokens.
 
-    Each activation is fused into the op before it on the inference fast path
-    (:mod:`.fused`).
+    Each activation is fused into the op before it on the CPU fast paths (:mod:`.fused`),
+    which also run the MLP over bands of rows (inference, and training via
+    :class:`.mlp_grad.BandedMlpFunction` when there is no dropout to replay).
 
     Args:
         dim: input/output channels.
@@ -63,20 +66,38 @@ class Mlp(nn.Module):
             x = self.dwconv(x, 'gelu')[:, keep]
         return self.drop(linear_act(self.drop(x), self.fc2))
 
+    @property
+    def halo(self) -> int:
+        """Rows of context each output row needs on either side."""
+        return DWConv.HALO if self.dwconv is not None else 0
+
+    def bands(self, hw: HW, row_bytes: int) -> list[tuple[slice, slice]]:
+        """Row bands whose hidden activations stay near ``INFER_BAND_BYTES``, given the bytes
+        of one row of one hidden channel (``row_bytes``)."""
+        return row_bands(hw[0], INFER_BAND_BYTES // (row_bytes * self.fc1.out_features),
+                         self.halo)
+
+    def _forward_banded(self, x: Tensor, hw: HW) -> Tensor:
+        """Without autograd: x (B, N, C) -> (B, N, C), one band of rows at a time."""
+        B, N, C = x.shape
+        rows = x.view(B, *hw, C)
+        dtype = fused_dtype(x) or x.dtype
+        bands = self.bands(hw, B * hw[1] * dtype.itemsize)
+        if len(bands) == 1:
+            return self._rows(rows, slice(None)).view(B, N, C)
+        out = x.new_empty(B, *hw, C, dtype=dtype)
+        for read, keep in bands:
+            start = read.start + keep.start
+            out[:, start:start + keep.stop - keep.start] = self._rows(rows[:, read], keep)
+        return out.view(B, N, C)
+
     def forward(self, x: Tensor, hw: HW) -> Tensor:
         """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C)."""
         B, N, C = x.shape
-        H, W = hw
-        rows = x.view(B, H, W, C)
-        dtype = fused_dtype(x)
-        row_bytes = B * W * self.fc1.out_features * (dtype or x.dtype).itemsize
-        band = max(1, INFER_BAND_BYTES // row_bytes)
-        if torch.is_grad_enabled() or band >= H:
-            return self._rows(rows, slice(None)).view(B, N, C)
-        halo = DWConv.HALO if self.dwconv is not None else 0
-        out = x.new_empty(B, H, W, C, dtype=dtype or x.dtype)
-        for r0 in range(0, H, band):
-            r1 = min(r0 + band, H)
-            a, b = max(r0 - halo, 0), min(r1 + halo, H)
-            out[:, r0:r1] = self._rows(rows[:, a:b], slice(r0 - a, r1 - a))
-        return out.view(B, N, C)
+        if not torch.is_grad_enabled():
+            return self._forward_banded(x, hw)
+        params = list(self.parameters())
+        if (_onednn_dtype(x) is not None and (self.drop.p == 0 or not self.training)
+                and (x.requires_grad or any(p.requires_grad for p in params))):
+            return BandedMlpFunction.apply(x, hw, self, *params)
+        return self._rows(x.view(B, *hw, C), slice(None)).view(B, N, C)

@@ -23,3 +23,14 @@ def nchw_to_nlc(x: Tensor) -> tuple[Tensor, HW]:
     """(B, C, H, W) map -> ((B, H*W, C) tokens, (H, W)); a view when ``x`` is channels-last."""
     H, W = x.shape[-2:]
     return x.flatten(2).transpose(1, 2), (H, W)
+
+
+def row_bands(height: int, band_rows: int, halo: int = 0) -> list[tuple[slice, slice]]:
+    """Split ``height`` rows into bands of ``band_rows``: for each, (rows to read, including
+    up to ``halo`` rows of context on each side; the band's own rows within those)."""
+    bands = []
+    for r0 in range(0, height, max(1, band_rows)):
+        r1 = min(r0 + max(1, band_rows), height)
+        a, b = max(r0 - halo, 0), min(r1 + halo, height)
+        bands.append((slice(a, b), slice(r0 - a, r1 - a)))
+    return bands
