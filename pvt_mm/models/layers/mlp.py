@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from .fused import _onednn_dtype, conv_act, fused_dtype, linear_act
 from .mlp_grad import BandedMlpFunction
-from .shape import HW, row_bands
+from .shape import HW, RowBand, row_bands
 
 # On the CPU fast paths the MLP runs over bands of image rows, so that its hidden activations
 # (mlp_ratio x wider than the tokens: 136 MiB per image at stride 4 for 800x1333 in fp32, held
@@ -71,7 +71,7 @@ class Mlp(nn.Module):
         """Rows of context each output row needs on either side."""
         return DWConv.HALO if self.dwconv is not None else 0
 
-    def bands(self, hw: HW, row_bytes: int) -> list[tuple[slice, slice]]:
+    def bands(self, hw: HW, row_bytes: int) -> list[RowBand]:
         """Row bands whose hidden activations stay near ``INFER_BAND_BYTES``, given the bytes
         of one row of one hidden channel (``row_bytes``)."""
         return row_bands(hw[0], INFER_BAND_BYTES // (row_bytes * self.fc1.out_features),
@@ -86,9 +86,8 @@ class Mlp(nn.Module):
         if len(bands) == 1:
             return self._rows(rows, slice(None)).view(B, N, C)
         out = x.new_empty(B, *hw, C, dtype=dtype)
-        for read, keep in bands:
-            start = read.start + keep.start
-            out[:, start:start + keep.stop - keep.start] = self._rows(rows[:, read], keep)
+        for band in bands:
+            out[:, band.own] = self._rows(rows[:, band.read], band.keep)
         return out.view(B, N, C)
 
     def forward(self, x: Tensor, hw: HW) -> Tensor:

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 _ops = torch.ops.aten
 
 
-
 class BandedMlpFunction(torch.autograd.Function):
     """``mlp(x, hw)`` with the banded forward and recomputing backward described above.
 
@@ -74,14 +73,13 @@ def _backward_autograd(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
     itemsize = (torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu')
                 else x.dtype).itemsize
     with torch.enable_grad():
-        for read, keep in mlp.bands(hw, B * W * itemsize):
-            xs = rows[:, read].requires_grad_(need_x)
-            out = mlp._rows(xs, keep)
-            start = read.start + keep.start
+        for band in mlp.bands(hw, B * W * itemsize):
+            xs = rows[:, band.read].requires_grad_(need_x)
+            out = mlp._rows(xs, band.keep)
             grads = torch.autograd.grad(out, ([xs] if need_x else []) + params,
-                                        grad_rows[:, start:start + out.shape[1]])
+                                        grad_rows[:, band.own])
             if dx is not None:
-                dx[:, read] += grads[0]
+                dx[:, band.read] += grads[0]
                 grads = grads[1:]
             dparams = list(grads) if not dparams else [a.add_(g) for a, g in zip(dparams, grads)]
     return (None if dx is None else dx.view(B, N, C)), dparams
@@ -97,15 +95,14 @@ def _backward_explicit(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
     w1_t, w2_t = w1.t().contiguous(), w2.t().contiguous()
     hidden = w1.shape[0]
     acc = {p: torch.zeros_like(p) for p in mlp.parameters()}
-    dx = (torch.zeros_like(x) if mlp.halo else torch.empty_like(x)) if need_x else None
     x, grad = x.contiguous(), grad.contiguous()  # oneDNN is slow on strided right operands
+    dx = (torch.zeros_like(x) if mlp.halo else torch.empty_like(x)) if need_x else None
     for b in range(B):
         x_img, g_img = x[b].view(H, W, C), grad[b].view(H, W, C)
-        for read, keep in mlp.bands(hw, W * x.element_size()):
+        for read, keep, own in mlp.bands(hw, W * x.element_size()):
             rows_in = read.stop - read.start
-            kept = slice(read.start + keep.start, read.start + keep.stop)
             x_in = x_img[read].reshape(-1, C)  # (R_in*W, C), a view
-            g_out = g_img[kept].reshape(-1, C)  # (R_out*W, C)
+            g_out = g_img[own].reshape(-1, C)  # (R_out*W, C)
             h = matmul_nt(w1, x_in)  # (hidden, R_in*W)
             if fc1.bias is not None:
                 h += fc1.bias.detach()[:, None]
@@ -124,7 +121,6 @@ def _backward_explicit(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
             dc = matmul_nt(w2_t, g_out)  # (hidden, R_out*W)
             dc = _ops.gelu_backward.grad_input(dc, c, grad_input=dc)
             if conv is not None:
-                dw = conv.dwconv
                 dc4 = dc.new_zeros(1, hidden, rows_in, W)
                 dc4[0, :, keep] = dc.view(hidden, -1, W)
                 dh4, dweight, dbias = _ops.convolution_backward(

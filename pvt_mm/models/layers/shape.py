@@ -1,6 +1,8 @@
 """Token <-> feature-map views shared by the PVT layers."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from torch import Tensor
 
 HW = tuple[int, int]
@@ -25,12 +27,21 @@ def nchw_to_nlc(x: Tensor) -> tuple[Tensor, HW]:
     return x.flatten(2).transpose(1, 2), (H, W)
 
 
-def row_bands(height: int, band_rows: int, halo: int = 0) -> list[tuple[slice, slice]]:
-    """Split ``height`` rows into bands of ``band_rows``: for each, (rows to read, including
-    up to ``halo`` rows of context on each side; the band's own rows within those)."""
+class RowBand(NamedTuple):
+    """One band of rows: ``read`` (absolute, with halo), ``keep`` (the band's own rows within
+    ``read``) and ``own`` (the same rows, absolute)."""
+    read: slice
+    keep: slice
+    own: slice
+
+
+def row_bands(height: int, band_rows: int, halo: int = 0) -> list[RowBand]:
+    """Split ``height`` rows into bands of ``band_rows`` (at least 1), each read with up to
+    ``halo`` rows of context on either side."""
+    step = max(1, band_rows)
     bands = []
-    for r0 in range(0, height, max(1, band_rows)):
-        r1 = min(r0 + max(1, band_rows), height)
+    for r0 in range(0, height, step):
+        r1 = min(r0 + step, height)
         a, b = max(r0 - halo, 0), min(r1 + halo, height)
-        bands.append((slice(a, b), slice(r0 - a, r1 - a)))
+        bands.append(RowBand(slice(a, b), slice(r0 - a, r1 - a), slice(r0, r1)))
     return bands
