@@ -7,10 +7,11 @@ allocator each 30+ MiB activation is a fresh mmap whose pages fault in on every 
 cost about as much as the arithmetic around it. One extra, cache-resident pass of ``fc1`` (and
 of the depthwise conv) pays for that.
 
-In fp32 the backward is written out over each image's bands in a channels-first layout
-(hidden x tokens), where all four weight-shaped products are oneDNN matmuls on contiguous
-operands (MKL's weight gradient reaches about half their speed on these skinny shapes); other
-dtypes (bf16 autocast) recompute each band with autograd.
+In fp32 the backward is written out over each image's bands in the forward's token-major
+layout (tokens x channels; the depthwise conv reads it as a channels-last map, where oneDNN's
+depthwise kernels run 10-20x faster than on channels-first): all four weight-shaped products
+are oneDNN matmuls (MKL's weight gradient reaches about half their speed on these skinny
+shapes); other dtypes (bf16 autocast) recompute each band with autograd.
 """
 from __future__ import annotations
 
@@ -87,11 +88,17 @@ def _backward_autograd(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
 
 def _backward_explicit(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
                        params: list[Tensor]) -> tuple[Tensor | None, list[Tensor]]:
-    """fp32: each image's bands in (hidden, tokens) layout, products through oneDNN."""
+    """fp32: each image's bands in the forward's token-major layout, products through oneDNN.
+
+    A band is T tokens x channels; the depthwise conv sees it as a channels-last map (oneDNN's
+    depthwise kernels are 10-20x faster on that layout than on channels-first). Weight
+    gradients are ``matmul_nt`` with a transposed right operand (read in place by oneDNN; a
+    transposed left one would be copied).
+    """
     B, N, C = x.shape
     H, W = hw
     fc1, fc2, conv = mlp.fc1, mlp.fc2, mlp.dwconv
-    w1, w2 = fc1.weight.detach(), fc2.weight.detach()
+    w1, w2 = fc1.weight.detach(), fc2.weight.detach()  # (hidden, C), (C, hidden)
     w1_t, w2_t = w1.t().contiguous(), w2.t().contiguous()
     hidden = w1.shape[0]
     acc = {p: torch.zeros_like(p) for p in mlp.parameters()}
@@ -101,47 +108,50 @@ def _backward_explicit(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
         x_img, g_img = x[b].view(H, W, C), grad[b].view(H, W, C)
         for read, keep, own in mlp.bands(hw, W * x.element_size()):
             rows_in = read.stop - read.start
-            x_in = x_img[read].reshape(-1, C)  # (R_in*W, C), a view
-            g_out = g_img[own].reshape(-1, C)  # (R_out*W, C)
-            h = matmul_nt(w1, x_in)  # (hidden, R_in*W)
+            x_in = x_img[read].reshape(-1, C)  # (T_in, C), a view
+            g_out = g_img[own].reshape(-1, C)  # (T_out, C)
+            h = matmul_nt(x_in, w1)  # (T_in, hidden)
             if fc1.bias is not None:
-                h += fc1.bias.detach()[:, None]
+                h += fc1.bias.detach()
             h_act = h.relu() if mlp.relu is not None else h
-            if conv is not None:  # depthwise conv on the (1, hidden, R_in, W) map
+            if conv is not None:
                 dw = conv.dwconv
-                h4 = h_act.view(1, hidden, rows_in, W)
+                h4 = h_act.view(1, rows_in, W, hidden).permute(0, 3, 1, 2)  # channels-last
                 c = F.conv2d(h4, dw.weight.detach(), dw.bias.detach(), padding=dw.padding,
-                             groups=hidden)[0, :, keep].reshape(hidden, -1)
+                             groups=hidden).permute(0, 2, 3, 1)[0, keep].reshape(-1, hidden)
             else:
                 c = h_act
-            a = F.gelu(c)
-            acc[fc2.weight] += matmul_nt(g_out.t().contiguous(), a)
+            a = F.gelu(c)  # (T_out, hidden)
+            acc[fc2.weight] += matmul_nt(g_out.t().contiguous(), a.t())
             if fc2.bias is not None:
                 acc[fc2.bias] += g_out.sum(0)
-            dc = matmul_nt(w2_t, g_out)  # (hidden, R_out*W)
-            dc = _ops.gelu_backward.grad_input(dc, c, grad_input=dc)
-            if conv is not None:
-                dc4 = dc.new_zeros(1, hidden, rows_in, W)
-                dc4[0, :, keep] = dc.view(hidden, -1, W)
+            dc = matmul_nt(g_out, w2_t)  # (T_out, hidden) = g_out @ w2
+            if conv is None:
+                dh = _ops.gelu_backward.grad_input(dc, c, grad_input=dc)
+            else:  # the conv's output grad, zero on the halo rows
+                dc4 = h.new_empty(rows_in, W, hidden)
+                dc4[:keep.start].zero_()
+                dc4[keep.stop:].zero_()
+                _ops.gelu_backward.grad_input(dc, c, grad_input=dc4[keep].view(-1, hidden))
                 dh4, dweight, dbias = _ops.convolution_backward(
-                    dc4, h4, dw.weight, [hidden], list(dw.stride), list(dw.padding),
-                    list(dw.dilation), False, [0, 0], hidden, [True, True, dw.bias is not None])
+                    dc4[None].permute(0, 3, 1, 2), h4, dw.weight, [hidden], list(dw.stride),
+                    list(dw.padding), list(dw.dilation), False, [0, 0], hidden,
+                    [True, True, dw.bias is not None])
                 acc[dw.weight] += dweight
                 if dbias is not None:
                     acc[dw.bias] += dbias
-                dh = dh4.view(hidden, -1)
-            else:
-                dh = dc
+                dh = dh4.permute(0, 2, 3, 1).reshape(-1, hidden)  # (T_in, hidden)
             if mlp.relu is not None:
                 dh = dh.mul_(h > 0)
-            acc[fc1.weight] += matmul_nt(dh, x_in.t().contiguous())
+            # dW1^T = x_in^T @ dh: oneDNN copies a transposed LEFT operand, not a right one
+            acc[fc1.weight] += matmul_nt(x_in.t().contiguous(), dh.t()).t()
             if fc1.bias is not None:
-                acc[fc1.bias] += dh.sum(1)
+                acc[fc1.bias] += dh.sum(0)
             if dx is not None:
-                dx_t = matmul_nt(w1_t, dh.t())  # (C, R_in*W)
+                d = matmul_nt(dh, w1_t).view(rows_in, W, C)  # dh @ w1
                 dst = dx[b].view(H, W, C)[read]
                 if mlp.halo:
-                    dst += dx_t.t().view(rows_in, W, C)
+                    dst += d
                 else:
-                    dst.copy_(dx_t.t().view(rows_in, W, C))
+                    dst.copy_(d)
     return dx, [acc[p] for p in params]
