@@ -59,26 +59,56 @@ def test_every_parameter_gets_a_gradient(arch):
 
 
 @pytest.mark.parametrize('arch', [V1, V2, 'b2_li'])
-def test_with_cp_same_outputs_and_gradients(arch):
+@pytest.mark.parametrize('drop', [0., 0.1])
+def test_with_cp_same_outputs_and_gradients(arch, drop):
+    """Recomputation replays dropout / attention dropout / drop-path masks exactly."""
     torch.manual_seed(1)
-    ref = build(arch, drop_path_rate=0.).train()
-    cp = build(arch, drop_path_rate=0., with_cp=True).train()
+    kw = dict(drop_rate=drop, attn_drop_rate=drop, drop_path_rate=2 * drop)
+    ref = build(arch, **kw).train()
+    cp = build(arch, with_cp=True, **kw).train()
     cp.load_state_dict(ref.state_dict())
     x = torch.randn(1, 3, 64, 64)
-    grads = []
+    outs, grads = [], []
     for model in (ref, cp):
-        outs = model(x)
-        random_loss(outs).backward()
+        torch.manual_seed(2)
+        outs.append(model(x))
+        random_loss(outs[-1]).backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
-    torch.testing.assert_close(ref(x), cp(x), rtol=0, atol=0)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-6, atol=1e-7)
     assert cp.with_cp and not ref.with_cp
 
 
+@pytest.mark.parametrize('arch', [V1, V2])
+def test_with_cp_keeps_only_segment_inputs(arch):
+    """with_cp saves for backward only the input of each stage's patch embedding and of each
+    of its blocks (plus the image): no attention, MLP, norm or embedding intermediates."""
+    x = torch.randn(2, 3, 64, 96)
+    saved = {}
+    for with_cp in (False, True):
+        model = build(arch, with_cp=with_cp).train()
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+        saved[with_cp] = sum(storages.values())
+    H, W = x.shape[2:]
+    bound = x.numel() * 4
+    for i, (dim, depth) in enumerate(zip(model.arch.embed_dims, model.arch.depths)):
+        tokens = (H // 2 ** (i + 2)) * (W // 2 ** (i + 2))
+        bound += (depth + 1) * x.shape[0] * tokens * dim * 4  # block inputs and stage output
+    assert saved[True] <= bound, (saved[True], bound)
+    assert saved[True] < 0.3 * saved[False]
+
+
 @pytest.mark.parametrize('frozen', [1, 2, 4])
-def test_frozen_stages_stay_frozen(frozen):
-    model = build(V2, frozen_stages=frozen, drop_path_rate=0.)
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_frozen_stages_stay_frozen(frozen, with_cp):
+    model = build(V2, frozen_stages=frozen, drop_path_rate=0., with_cp=with_cp)
     model.train()
     for i, stage in enumerate(model.stages):
         is_frozen = i < frozen

@@ -56,18 +56,28 @@ class PVTStage(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=BLOCK_LN_EPS) if overlap else None
         self.with_cp = False
 
-    def forward(self, x: Tensor) -> tuple[Tensor, HW]:
+    def _embed(self, x: Tensor) -> tuple[Tensor, HW]:
         x, hw = self.patch_embed(x)
         if self.pos_embed is not None:
             x = self.pos_drop(x + resize_pos_embed(self.pos_embed, self.pos_grid, hw))
-        for block in self.blocks:
-            if self.with_cp and torch.is_grad_enabled() and x.requires_grad:
-                x = checkpoint(block, x, hw, use_reentrant=False)
-            else:
-                x = block(x, hw)
-        if self.norm is not None:
-            x = self.norm(x)
         return x, hw
+
+    def _last_block(self, x: Tensor, hw: HW) -> Tensor:
+        x = self.blocks[-1](x, hw)
+        return x if self.norm is None else self.norm(x)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, HW]:
+        if not (self.with_cp and torch.is_grad_enabled()):
+            x, hw = self._embed(x)
+            for block in self.blocks[:-1]:
+                x = block(x, hw)
+            return self._last_block(x, hw), hw
+        # with_cp: the embedding, each block and the last block with the norm are segments
+        # that keep only their input (one (B, N, C) map) and recompute the rest backward
+        x, hw = checkpoint(self._embed, x, use_reentrant=False)
+        for block in self.blocks[:-1]:
+            x = checkpoint(block, x, hw, use_reentrant=False)
+        return checkpoint(self._last_block, x, hw, use_reentrant=False), hw
 
 
 class PyramidVisionTransformerBase(BaseModule):
@@ -83,7 +93,8 @@ class PyramidVisionTransformerBase(BaseModule):
         F4: return only the last map (as the official code does for DETR).
         frozen_stages: freeze the first ``frozen_stages`` stages (parameters without grad,
             modules in eval mode, also after ``train()``); -1 or 0 freezes nothing.
-        with_cp: activation checkpointing per block while training.
+        with_cp: activation checkpointing while training: each stage keeps only the inputs of
+            its patch embedding and of its blocks, and recomputes the rest backward.
         drop_rate / attn_drop_rate / drop_path_rate: dropout after projections and position
             embedding / on attention weights / stochastic depth, spread linearly over blocks.
         qkv_bias: bias in the query/key/value projections.
