@@ -58,6 +58,7 @@ def test_backbone_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     assert float(ours['bf16'][9].split()[0]) >= MIN_COSINE
     assert re.search(r'fp32 64x64 batch 1: pvt_mm b0: speedup vs mmdet: [\d.]+x, '
                      r'peak memory ours / mmdet: [\d.]+x', out)
+    assert re.search(r'bf16 64x64 batch 1: pvt_mm b0: bf16 speedup vs mmdet fp32: [\d.]+x', out)
     assert re.search(r'train .*with_cp step time [\d.]+x, loss with / without ([\d.]+) / \1 ',
                      out)  # same seed and data: activation checkpointing keeps the loss
     text = md.read_text()

@@ -114,7 +114,17 @@ def ratio_lines(results: Sequence[Result]) -> list[str]:
         if r.memory_mib and ours.memory_mib:
             line += f', peak memory ours / {peer}: {ours.memory_mib / r.memory_mib:.2f}x'
         out.append(line)
+        fp32 = _same_run(results, r, 'fp32') if r.mode in ('bf16', 'fp16') else None
+        if fp32 is not None:  # reduced precision is judged against the peer's fp32
+            out.append(f'{where}: {r.mode} speedup vs {peer} fp32: '
+                       f'{fp32.latency_ms / ours.latency_ms:.2f}x')
     return out
+
+
+def _same_run(results: Sequence[Result], r: Result, mode: str) -> Result | None:
+    """``r``'s model at the same input size and batch in another mode, if it was measured."""
+    return next((x for x in results if x.label == r.label and x.mode == mode
+                 and x.shape == r.shape and x.batch_size == r.batch_size), None)
 
 
 def markdown_report(results: Sequence[Result], info: dict[str, str], command: str,
