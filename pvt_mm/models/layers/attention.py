@@ -88,9 +88,12 @@ class SpatialReductionAttention(nn.Module):
     def forward(self, x: Tensor, hw: HW) -> Tensor:
         """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C)."""
         B, N, C = x.shape
+        dtype = fused_dtype(x)
+        if dtype is not None and self.pool is None:
+            x = x.to(dtype)  # q and the reduction (or kv) both read x: cast it once, not twice
         q = linear_act(x, self.q)
         kv = linear_act(self.reduce(x, hw), self.kv)
-        if fused_dtype(x) is not None and (self.attn_drop == 0 or not self.training) \
+        if dtype is not None and (self.attn_drop == 0 or not self.training) \
                 and self._attn_mode == 'sdpa':
             return self.proj_drop(linear_act(self._attend_chunked(q, kv), self.proj))
         q = q.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
