@@ -51,6 +51,7 @@ def test_backbone_benchmark_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     for mode, cells in ours.items():
         assert float(cells[4]) > 0 and float(cells[5]) > 0  # latency ms, images/s
         assert cells[7] == '1.00x'  # speedup column against itself
+        assert float(cells[12]) >= 0  # MiB of fresh pages faulted in per step
     # peak memory from the subprocess: at least the weights (3.4M fp32 parameters)
     weights_mib = 3.4e6 * 4 / 2 ** 20
     assert float(ours['fp32'][6]) > weights_mib and float(peer['fp32'][6]) > weights_mib
@@ -73,7 +74,7 @@ def test_config_training_step_with_cp(capsys: pytest.CaptureFixture) -> None:
                   '--memory-modes'])
     out = capsys.readouterr().out
     name = 'retinanet_pvt_v2_b0_fpn_1x_coco'
-    losses = {label: float(_rows(out, f'{name} [{label}]')['train'][-1])
+    losses = {label: float(_rows(out, f'{name} [{label}]')['train'][11])  # 'last loss'
               for label in ('pvt_mm', 'pvt_mm with_cp', 'mmdet')}
     assert losses['pvt_mm'] == losses['pvt_mm with_cp'] > 0
     assert 'speedup vs mmdet' in out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ INFERENCE_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 SEED = 0
 TRAIN_LR = 1e-4  # AdamW for a backbone alone (configs use their own optim_wrapper)
 MIB = 2 ** 20
+PAGE_BYTES = resource.getpagesize()
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class Result:
     batch_size: int
     times: list[float] = field(default_factory=list)  # seconds per step
     losses: list[float] = field(default_factory=list)  # training steps
+    faults_mib: list[float] = field(default_factory=list)  # fresh pages faulted in per step
     memory_mib: float | None = None
     cosine: list[float] | None = None  # per stage, bf16 / fp16 vs fp32
     max_abs_diff: float | None = None
@@ -216,28 +219,39 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_alternating(workloads: dict[str, Workload], runs: int, warmup: int,
-                     device: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def time_alternating(workloads: dict[str, Workload], runs: int, warmup: int, device: str
+                     ) -> tuple[dict[str, list[float]], dict[str, list[float]],
+                                dict[str, list[float]]]:
     """Warm each workload up, then run them in turn ``runs`` times.
 
     The RNG is re-seeded with the run index before every step, so two workloads of the same
     model (with_cp on / off) draw the same dropout / drop-path masks.
-    Returns (seconds per timed step, loss per timed step) by label.
+    Returns (seconds per timed step, loss per timed step, MiB of fresh pages faulted in per
+    timed step) by label. The faults show how much of a step is spent on the allocator: with
+    glibc, tensors above its mmap threshold are new mappings whose pages fault in on first use.
     """
     times: dict[str, list[float]] = {k: [] for k in workloads}
     losses: dict[str, list[float]] = {k: [] for k in workloads}
+    faults: dict[str, list[float]] = {k: [] for k in workloads}
     for i in range(warmup + runs):
         for label, w in workloads.items():
             torch.manual_seed(SEED + i)
             _sync(device)
+            faults0 = _minor_faults()
             start = time.perf_counter()
             loss = w.step()
             _sync(device)
             if i >= warmup:
                 times[label].append(time.perf_counter() - start)
+                faults[label].append((_minor_faults() - faults0) * PAGE_BYTES / MIB)
                 if loss is not None:
                     losses[label].append(loss)
-    return times, losses
+    return times, losses, faults
+
+
+def _minor_faults() -> int:
+    """Page faults of this process served without I/O (fresh or reclaimed anonymous pages)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def reduced_precision_error(w: Workload, mode: str, device: str
@@ -297,10 +311,11 @@ def run_benchmark(candidates: Sequence[Candidate], modes: Sequence[str],
                 f'{", ".join(c.label for c in group)}')
             workloads = {c.label: build_workload(c, mode, shape, batch_size, device)
                          for c in group}
-            times, losses = time_alternating(workloads, runs, warmup, device)
+            times, losses, faults = time_alternating(workloads, runs, warmup, device)
             for c in group:
                 r = Result(c.label, c.role, c.impl, c.subject, mode, tuple(shape), batch_size,
-                           times[c.label], losses[c.label], with_cp=c.with_cp)
+                           times[c.label], losses[c.label], faults_mib=faults[c.label],
+                           with_cp=c.with_cp)
                 if mode in INFERENCE_DTYPES:
                     r.cosine, r.max_abs_diff = reduced_precision_error(
                         workloads[c.label], mode, device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from .benchmark import Result
 
 HEADERS = ('model', 'mode', 'input', 'batch', 'latency ms', 'images/s', 'peak MiB',
-           'ours speedup', 'memory vs ours', 'cos min (per stage)', 'max abs diff', 'last loss')
+           'ours speedup', 'memory vs ours', 'cos min (per stage)', 'max abs diff', 'last loss',
+           'faulted MiB/step')
 PLOT_DPI = 80  # keeps the committed PNG small
 
 
@@ -71,7 +73,8 @@ def rows(results: Sequence[Result]) -> list[list[str]]:
             _fmt(speed, '.2f', 'x'), _fmt(mem or None, '.2f', 'x'),
             '-' if r.cosine is None else f'{min(r.cosine):.5f} (' + ', '.join(
                 f'{c:.4f}' for c in r.cosine) + ')',
-            _fmt(r.max_abs_diff, '.3g'), _fmt(r.losses[-1] if r.losses else None, '.6g')])
+            _fmt(r.max_abs_diff, '.3g'), _fmt(r.losses[-1] if r.losses else None, '.6g'),
+            _fmt(statistics.median(r.faults_mib) if r.faults_mib else None, '.0f')])
     return out
 
 
