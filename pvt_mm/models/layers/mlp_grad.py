@@ -9,7 +9,7 @@ of the depthwise conv) pays for that.
 
 In fp32 the backward is written out over each image's bands in the forward's token-major
 layout (tokens x channels; the depthwise conv reads it as a channels-last map, where oneDNN's
-depthwise kernels run 10-20x faster than on channels-first): all four weight-shaped products
+depthwise kernels ran ~10x faster than on channels-first): all four weight-shaped products
 are oneDNN matmuls (MKL's weight gradient reaches about half their speed on these skinny
 shapes); other dtypes (bf16 autocast) recompute each band with autograd.
 """
@@ -91,7 +91,7 @@ def _backward_explicit(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
     """fp32: each image's bands in the forward's token-major layout, products through oneDNN.
 
     A band is T tokens x channels; the depthwise conv sees it as a channels-last map (oneDNN's
-    depthwise kernels are 10-20x faster on that layout than on channels-first). Weight
+    depthwise kernels ran ~10x faster on that layout than on channels-first). Weight
     gradients are ``matmul_nt`` with a transposed right operand (read in place by oneDNN; a
     transposed left one would be copied).
     """
