@@ -194,7 +194,7 @@ def test_tool_errors_name_the_problem() -> None:
     tool = _load_tool('get_flops')
     with pytest.raises(SystemExit, match=r"unknown PVT arch 'b9'.*b0"):
         tool.main(['--arch', 'b9'])
-    with pytest.raises(SystemExit, match='does not exist.*retinanet_pvt_s_fpn_1x_coco'):
+    with pytest.raises(SystemExit, match='not found.*retinanet_pvt_s_fpn_1x_coco'):
         tool.main(['--config', str(ROOT / 'configs' / 'retinanet_pvt_s_fpn_1x_coc.py')])
     with pytest.raises(SystemExit, match='one or two positive sizes'):
         tool.main(['--arch', 'b0', '--shape', '1', '2', '3'])

@@ -27,6 +27,7 @@ from mmengine.config import DictAction  # noqa: E402
 
 from pvt_mm.analysis.benchmark import (MODES, backbone_candidates,  # noqa: E402
                                        check_modes, config_candidates, run_benchmark)
+from pvt_mm.analysis.models import check_shape  # noqa: E402
 from pvt_mm.analysis.report import (load_average, machine_info,  # noqa: E402
                                     markdown_report, ratio_lines, save_plot, text_table,
                                     write_markdown)
@@ -61,12 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      '<!-- benchmark:SECTION --> and <!-- /benchmark:SECTION -->')
     p.add_argument('--plot', type=Path, help='write a bar plot (PNG) here')
     args = p.parse_args(argv)
-    shapes = []
-    for s in args.shape or [[224]]:
-        if len(s) not in (1, 2) or min(s) <= 0:
-            p.error(f'--shape takes one or two positive sizes (H [W]), got {s}')
-        shapes.append((s[0], s[-1]))
-    args.shape = shapes
+    try:
+        args.shape = [check_shape(s) for s in args.shape or [[224]]]
+    except ValueError as e:
+        p.error(str(e))
     if args.device.startswith('cuda'):
         import torch
         if not torch.cuda.is_available():

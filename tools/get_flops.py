@@ -21,13 +21,7 @@ from mmengine.config import DictAction  # noqa: E402
 
 from pvt_mm.analysis.flops import (IMAGENET_SIZE, PUBLISHED_IMAGENET_GFLOPS,  # noqa: E402
                                    backbone_complexity, config_complexity, format_complexity)
-from pvt_mm.analysis.models import check_arch, load_config  # noqa: E402
-
-
-def parse_shape(values: list[int]) -> tuple[int, int]:
-    if len(values) not in (1, 2) or min(values) <= 0:
-        raise SystemExit(f'--shape takes one or two positive sizes (H [W]), got {values}')
-    return (values[0], values[-1])
+from pvt_mm.analysis.models import check_arch, check_shape, load_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,12 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    shape = parse_shape(args.shape)
-    if args.arch:
-        try:
-            arch = check_arch(args.arch)
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
+    try:
+        shape = check_shape(args.shape)
+        arch = check_arch(args.arch) if args.arch else None
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if arch:
         head = shape == IMAGENET_SIZE if args.head is None else args.head
         result = backbone_complexity(arch, shape, with_head=head, attn_mode=args.attn_mode)
         print(format_complexity(result, f'PVT {arch} backbone' + (' + ImageNet head' * head),

@@ -51,7 +51,8 @@ def warm_up_runtime(candidate: dict) -> None:
     import importlib
 
     import pvt_mm  # noqa: F401
-    from .models import config_scope, load_config
+    from ..engine.runtime import config_scope
+    from .models import load_config
     if candidate['config'] is not None:
         importlib.import_module(f'{config_scope(load_config(candidate["config"]))}.models')
     if candidate['impl'] == 'mmdet':

@@ -18,6 +18,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, DefaultScope
 from torch import Tensor, nn
 
+from ..engine.runtime import config_scope, read_config
 from ..models.backbones.arch import ARCHS, OFFICIAL_NAMES, PVTArch
 from ..models.backbones.pvt import PVT, PVTv2, PyramidVisionTransformerBase
 
@@ -38,6 +39,13 @@ def check_arch(arch: str) -> str:
         raise ValueError(f'unknown PVT arch {arch!r}{hint}; choose one of {sorted(ARCHS)} '
                          'or an official name such as pvt_v2_b2')
     return name
+
+
+def check_shape(values: Sequence[int]) -> tuple[int, int]:
+    """A tool's ``--shape H [W]`` -> (H, W); ValueError for anything else."""
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise ValueError(f'--shape takes one or two positive sizes (H [W]), got {list(values)}')
+    return (values[0], values[-1])
 
 
 def build_backbone(arch: str, **kwargs: Any) -> PyramidVisionTransformerBase:
@@ -112,16 +120,9 @@ def build_peer_backbone(arch: str, impl: Impl, **kwargs: Any) -> nn.Module:
 
 # ---- whole models from configs ---------------------------------------------------------------
 def load_config(path: str | Path, cfg_options: dict | None = None) -> Config:
-    """Config.fromfile with a clear error for a missing file (naming near matches)."""
-    path = Path(path)
-    if not path.is_file():
-        near = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob('*.py')]
-                                         if path.parent.is_dir() else [], n=3)
-        hint = f'; did you mean {[str(path.parent / n) for n in near]}?' if near else ''
-        raise FileNotFoundError(f'config file {str(path)!r} does not exist{hint}')
-    cfg = Config.fromfile(str(path))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    """A detector / segmentor config (:func:`~pvt_mm.engine.runtime.read_config`) that has a
+    ``model.backbone``."""
+    cfg = read_config(path, cfg_options)
     if 'model' not in cfg or 'backbone' not in cfg.model:
         raise ValueError(f'config {str(path)!r} has no model.backbone')
     return cfg
@@ -168,14 +169,6 @@ def swap_backbone(cfg: Config, impl: Impl) -> Config | None:
     out = copy.deepcopy(cfg)
     out.model.backbone = new
     return out
-
-
-def config_scope(cfg: Config) -> str:
-    """'mmdet' or 'mmseg' (the config's default_scope)."""
-    scope = cfg.get('default_scope', 'mmdet')
-    if scope not in ('mmdet', 'mmseg'):
-        raise ValueError(f'only mmdet and mmseg configs are supported, got scope {scope!r}')
-    return scope
 
 
 def build_from_config(cfg: Config, init: bool = False) -> nn.Module:

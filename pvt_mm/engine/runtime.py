@@ -11,6 +11,7 @@ It follows mmdet's and mmseg's own tools (same config handling, same Runner) and
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os.path as osp
@@ -57,12 +58,33 @@ def allow_runner_checkpoints() -> None:
     torch.serialization.add_safe_globals(_checkpoint_globals())
 
 
-def task_scope(cfg: Config) -> str:
-    """``'mmdet'`` or ``'mmseg'`` from ``cfg.default_scope``; registers that package's modules."""
+def read_config(path: str | Path, cfg_options: dict | None = None) -> Config:
+    """``Config.fromfile`` with ``cfg_options`` merged; a missing file is named with the
+    near matches in its folder."""
+    path = Path(path)
+    if not path.is_file():
+        near = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob('*.py')]
+                                         if path.parent.is_dir() else [], n=3)
+        hint = f'; did you mean {[str(path.parent / n) for n in near]}?' if near else ''
+        raise FileNotFoundError(f'config file not found: {path}{hint}')
+    cfg = Config.fromfile(str(path))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def config_scope(cfg: Config) -> str:
+    """``'mmdet'`` or ``'mmseg'``: the config's ``default_scope``, checked."""
     scope = cfg.get('default_scope')
     if scope not in SCOPES:
         raise ValueError(f'{cfg.filename}: default_scope is {scope!r}; these tools run '
                          f'MMDetection or MMSegmentation configs (default_scope in {SCOPES})')
+    return scope
+
+
+def task_scope(cfg: Config) -> str:
+    """:func:`config_scope`, with that package's modules registered."""
+    scope = config_scope(cfg)
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     return scope
 
@@ -88,9 +110,7 @@ def load_config(config: str | Path, cfg_options: dict | None = None,
                 work_dir: str | None = None, launcher: str = 'none') -> Config:
     """Read a config the way mmdet's/mmseg's tools do (``--cfg-options`` merged, work_dir from
     CLI > config > ``./work_dirs/<config name>``), check its scope, register pvt_mm."""
-    if not osp.isfile(config):
-        raise FileNotFoundError(f'config file not found: {config}')
-    cfg = Config.fromfile(str(config))
+    cfg = read_config(config)
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fused import matmul_nt
+from .fused import _onednn_dtype, matmul_nt
 from .shape import HW
 
 if TYPE_CHECKING:
@@ -71,8 +71,7 @@ def _backward_autograd(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
     rows, grad_rows = x.view(B, H, W, C), grad.view(B, H, W, -1)
     dx = torch.zeros_like(rows) if need_x else None
     dparams: list[Tensor] = []
-    itemsize = (torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu')
-                else x.dtype).itemsize
+    itemsize = (_onednn_dtype(x) or x.dtype).itemsize  # the forward's band plan
     with torch.enable_grad():
         for band in mlp.bands(hw, B * W * itemsize):
             xs = rows[:, band.read].requires_grad_(need_x)
