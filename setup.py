@@ -22,6 +22,7 @@ setup(
         "mmdet>=3.0.0,<3.4.0",
         "mmsegmentation>=1.0.0,<1.3.0",
         "timm>=0.9",
+        "safetensors",
         "ftfy",
         "regex",
     ],

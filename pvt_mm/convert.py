@@ -9,7 +9,8 @@ prefix is dropped; from a whole detector/segmentor only the ``backbone.`` keys a
 * timm ``pvt_v2`` (``patch_embed``/``stages.0.downsample``, ``mlp.dwconv``);
 * pvt_mm itself (so the conversion is idempotent).
 
-The classifier ``head``, ``cls_token`` and final ``norm`` are dropped and the cls slot of v1's
+The classifier ``head``, ``cls_token`` (and pvt_mm's timm classifier's ``cls_pos_embed``) and final
+``norm`` are dropped and the cls slot of v1's
 ``pos_embed4`` is stripped. Every other key must be placed, or :class:`CheckpointError` names it.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ Pairs = Iterator[tuple[str, Tensor]]
 # Parameter paths inside one block, with pvt_mm's (= the official) names.
 BLOCK_PARAM = (r'(?:norm1|norm2|attn\.(?:q|kv|proj|sr|norm)|mlp\.(?:fc1|fc2|dwconv\.dwconv))'
                r'\.(?:weight|bias)')
-DROPPED = re.compile(r'^(?:head\..*|cls_token|norm\.(?:weight|bias))$')
+DROPPED = re.compile(r'^(?:head\..*|cls_token|cls_pos_embed|norm\.(?:weight|bias))$')
 WRAPPERS = ('state_dict', 'model')
 
 

@@ -221,8 +221,8 @@ def test_drop_path_is_active_in_training_only():
     (torch.randn(3, 64, 64), ValueError, r'\(B, C, H, W\)'),
     (torch.randn(1, 1, 64, 64), ValueError, '3 input channels, got 1'),
     (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), TypeError, 'floating-point'),
-    (torch.randn(1, 3, 31, 64), ValueError, 'too small'),
-    (torch.randn(1, 3, 64, 16), ValueError, 'at least 32'),
+    (torch.randn(1, 3, 28, 64), ValueError, 'too small'),  # v2 runs from 29 px, v1 from 32
+    (torch.randn(1, 3, 64, 16), ValueError, 'H and W must be at least'),
     ([[1.0]], TypeError, 'tensor'),
 ])
 @pytest.mark.parametrize('arch', [V1, V2])
@@ -240,7 +240,7 @@ def test_in_channels_option():
 @pytest.mark.parametrize('cls, arch, match', [
     (PVT, 'b2', 'unknown PVT arch'),
     (PVTv2, 'small', 'unknown PVTv2 arch'),
-    (PVT, 'smal', "choose one of \\['large', 'medium', 'small', 'tiny'\\]"),
+    (PVT, 'smal', "choose one of \\[.*'large', 'medium', 'small', 'tiny'\\]"),
     (PVTv2, dict(embed_dims=(64, 128, 320, 512)), 'missing'),
     (PVTv2, dict(embed_dims=(64, 128), depths=(1, 1)), '4 values'),
     (PVTv2, dict(embed_dims=(64, 128, 320, 512), depths=(1, 1, 1, 1), heads=(1, 2, 5, 8)),
@@ -269,7 +269,7 @@ PUBLISHED_WITH_HEAD = {'tiny': 13.2, 'small': 24.5, 'medium': 44.2, 'large': 61.
 BACKBONE_EXACT = {'small': 23.97, 'b2': 24.85, 'b2_li': 22.04}
 
 
-@pytest.mark.parametrize('arch', sorted(ARCHS))
+@pytest.mark.parametrize('arch', sorted(PUBLISHED_WITH_HEAD))  # huge: none published
 def test_parameter_count_matches_published(arch):
     with torch.device('meta'):  # counting needs no storage
         model = build(arch)

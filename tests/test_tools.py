@@ -17,7 +17,8 @@ from pvt_mm.demo import DemoDataSpec, make_demo_data
 from pvt_mm.demo.pipeline import DATA_ENV, StageResult, _seg_fits, parse_args, run_demo
 from pvt_mm.engine import cli  # module import: pytest would collect cli.test_main
 from pvt_mm.engine.cpu import CPUAmpOptimWrapper
-from pvt_mm.engine.runtime import allow_runner_checkpoints, build_runner, load_config
+from pvt_mm.checkpoint import read_checkpoint
+from pvt_mm.engine.runtime import build_runner, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MASK_RCNN = str(ROOT / 'configs/demo/mask-rcnn_pvtv2-b0_fpn_demo.py')
@@ -59,7 +60,7 @@ def mask_rcnn_run(tiny_data, tmp_path_factory) -> Path:
 
 
 def _meta(checkpoint: Path) -> dict:
-    return torch.load(checkpoint, map_location='cpu')['meta']  # weights_only (torch >= 2.6)
+    return read_checkpoint(checkpoint)['meta']  # weights_only, Runner globals scoped to it
 
 
 def test_train_writes_checkpoint(mask_rcnn_run: Path):
@@ -106,15 +107,12 @@ def test_resume_from_explicit_checkpoint(mask_rcnn_run: Path):
 
 
 def test_checkpoints_load_with_weights_only(mask_rcnn_run: Path):
-    """The allow-list is what makes the safe loader accept Runner checkpoints."""
+    """Runner checkpoints read with the safe loader through pvt_mm's scoped allow-list; the
+    tools left nothing in torch's process-wide one (tests/test_security.py: the payloads)."""
     ckpt = mask_rcnn_run / 'epoch_1.pth'
-    torch.serialization.clear_safe_globals()
-    try:
-        with pytest.raises(Exception, match='weights_only|Unsupported global'):
-            torch.load(ckpt, weights_only=True)
-    finally:
-        allow_runner_checkpoints()
-    loaded = torch.load(ckpt, weights_only=True)
+    with pytest.raises(Exception, match='weights_only|Unsupported global'):
+        torch.load(ckpt, weights_only=True)
+    loaded = read_checkpoint(ckpt)
     assert loaded['message_hub']['log_scalars']['train/loss'].current() > 0
 
 
@@ -203,3 +201,14 @@ def test_clear_errors(tmp_path):
         assert cfg.model_wrapper_cfg.type == 'CPUDistributedDataParallel'
     assert isinstance(Config.fromfile(ATSS), Config)
     assert os.environ.get('LOCAL_RANK') is not None  # set by the parsers as mmdet's tools do
+
+
+def test_each_runner_gets_its_own_visualizer(tiny_data, tmp_path):
+    """mmengine would hand a second runner in one process the first one's visualizer (same
+    name, the first run's save_dir) while hooks draw with the newest instance of any class."""
+    from mmengine.visualization import Visualizer
+    runners = [build_runner(load_config(ATSS, None, str(tmp_path / str(i)))) for i in range(2)]
+    first, second = (r.visualizer for r in runners)
+    assert first is not second
+    assert Visualizer.get_current_instance() is second
+    assert second._vis_backends['LocalVisBackend']._save_dir.startswith(str(tmp_path / '1'))

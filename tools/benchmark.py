@@ -5,6 +5,8 @@
     # a whole detector: our config vs the same config with mmdet's built-in backbone
     python tools/benchmark.py --config configs/retinanet_pvt_s_fpn_1x_coco.py --shape 512 \
         --batch-size 2 --mode train --with-cp
+    # deployment: + ONNX Runtime and OpenVINO on our exported graph, and the matmul peak share
+    python tools/benchmark.py --arch small b2 b2_li --shape 800 1333 --mode fp32 bf16 --runtimes
 
 Compared models run alternately in one process (median latency after warm-up); peak memory is
 measured for each model and mode in a fresh subprocess. bf16 / fp16 rows also give the cosine
@@ -18,15 +20,16 @@ import os
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+import pvt_mm._quiet  # noqa: F401,E402  first: drops the pkg_resources deprecation noise
 
 from mmengine.config import DictAction  # noqa: E402
 
 from pvt_mm.analysis.benchmark import (MODES, backbone_candidates,  # noqa: E402
-                                       check_modes, config_candidates, run_benchmark)
+                                       check_modes, config_candidates, peak_lines,
+                                       run_benchmark)
+from pvt_mm.analysis.deploy_bench import runtime_candidates  # noqa: E402
 from pvt_mm.analysis.models import check_shape  # noqa: E402
 from pvt_mm.analysis.report import (load_average, machine_info,  # noqa: E402
                                     markdown_report, ratio_lines, save_plot, text_table,
@@ -52,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--device', default='cpu', help='cpu or cuda[:i]')
     p.add_argument('--peers', nargs='*', default=list(PEERS), choices=PEERS,
                    help='implementations to compare with (default: mmdet timm; none: ours only)')
+    p.add_argument('--runtimes', action='store_true',
+                   help='also run ONNX Runtime and OpenVINO on the graph tools/export_onnx.py '
+                        'writes (fp32 / bf16), and report every model\'s share of the '
+                        'same-process 4096x4096 matmul peak')
     p.add_argument('--with-cp', action='store_true',
                    help='also time our model with activation checkpointing (train mode)')
     p.add_argument('--memory-modes', nargs='*', choices=MODES, default=None,
@@ -86,17 +93,28 @@ def main(argv: list[str] | None = None) -> None:
         else:
             candidates = [c for cfg in args.config for c in config_candidates(
                 cfg, args.cfg_options, args.peers, args.with_cp)]
+        if args.runtimes:
+            if args.device != 'cpu':
+                raise ValueError('--runtimes runs ONNX Runtime and OpenVINO on CPU only')
+            candidates += [r for c in candidates if c.role == 'ours' and not c.with_cp
+                           for r in runtime_candidates(c)]
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e)) from None
     info = machine_info(args.threads, args.device)
     results = run_benchmark(candidates, args.mode, args.shape, args.batch_size, args.runs,
                             args.warmup, args.device, args.threads, args.memory_modes,
-                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                            matmul_peak=args.runtimes)
     info['load average at the end'] = load_average()
     info['wall time of this run'] = f'{time.time() - start:.0f} s'
     print(text_table(results))
     print('\n'.join(ratio_lines(results)))
+    shares = peak_lines(results)
+    if shares:
+        print('\n'.join(shares))
     print('\n'.join(f'{k}: {v}' for k, v in info.items()))
+    if shares:
+        info['share of the same-process matmul peak'] = '; '.join(shares)
     if args.plot:
         save_plot(results, args.plot)
     if args.markdown:

@@ -13,9 +13,8 @@ GFLOPs.
 from __future__ import annotations
 
 import argparse
-import warnings
 
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+import pvt_mm._quiet  # noqa: F401,E402  first: drops the pkg_resources deprecation noise
 
 from mmengine.config import DictAction  # noqa: E402
 
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         result = backbone_complexity(arch, shape, with_head=head, attn_mode=args.attn_mode)
         print(format_complexity(result, f'PVT {arch} backbone' + (' + ImageNet head' * head),
                                 args.depth or 2))
-        if head and shape == IMAGENET_SIZE:
+        if head and shape == IMAGENET_SIZE and arch in PUBLISHED_IMAGENET_GFLOPS:  # not huge
             pub = PUBLISHED_IMAGENET_GFLOPS[arch]
             print(f'Published ImageNet GFLOPs: {pub:.1f} G (measured {result.gflops:.2f} G, '
                   f'{100 * (result.gflops / pub - 1):+.1f}%)')

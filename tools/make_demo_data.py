@@ -6,6 +6,8 @@
 Writes COCO-format instances (boxes + RLE masks) and an ADE20K-style semantic folder; see
 :mod:`pvt_mm.demo.dataset` for the layout.
 """
+import pvt_mm._quiet  # noqa: F401  first: drops the pkg_resources deprecation noise
+
 import argparse
 
 from pvt_mm.demo import DemoDataSpec, SceneSpec, make_demo_data

@@ -8,6 +8,12 @@ _base_ = [
 ]
 custom_imports = dict(imports=['pvt_mm'], allow_failed_imports=False)
 
+# Data: data/ade/ADEChallengeData2016/ (README "Data preparation"), or
+# $PVT_MM_DATA_ROOT/ade/ADEChallengeData2016/ when that is set
+data_root = '{{$PVT_MM_DATA_ROOT:data}}/ade/ADEChallengeData2016'
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+
 crop_size = (512, 512)
 data_preprocessor = dict(
     size=crop_size,
@@ -30,7 +36,7 @@ model = dict(
 
 # Batch: 8 GPUs x 4 images per GPU = 32 images per iteration, 40k iterations (the official
 # recipe: mmseg's 4-GPU 80k schedule run on 8 GPUs with lr x2 and half the iterations).
-train_dataloader = dict(batch_size=4)
+train_dataloader = dict(batch_size=4, dataset=dict(data_root=data_root))
 auto_scale_lr = dict(enable=False, base_batch_size=32)
 optim_wrapper = dict(
     _delete_=True,

@@ -8,6 +8,14 @@ _base_ = [
 ]
 custom_imports = dict(imports=['pvt_mm'], allow_failed_imports=False)
 
+# Data: data/coco/ (README "Data preparation"), or $PVT_MM_DATA_ROOT/coco/ when that is set
+data_root = '{{$PVT_MM_DATA_ROOT:data}}/coco/'
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -17,7 +17,7 @@ model = dict(
     decode_head=dict(in_channels=[neck_channels] * 4, channels=neck_channels,
                      num_classes=6, norm_cfg=norm_cfg, dropout_ratio=0.0))
 
-max_iters = 800
+max_iters = 500  # mIoU 51.6 % (800: 64 %): iterations traded for the 10-minute demo
 train_dataloader = dict(batch_size=8)
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 optim_wrapper = dict(

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .deploy_bench import (RUNTIME_IMPLS, gemm_flops, gemm_workload, model_flops,
+                           runtime_workload)
 from .models import (arch_spec, backbone_impl, build_from_config, build_peer_backbone,
                      check_arch, load_config, mmdet_backbone_cfg, swap_backbone,
                      synthetic_batch)
@@ -98,11 +100,15 @@ def config_candidates(config: str, cfg_options: dict | None = None, peers: Seque
 @dataclass
 class Workload:
     """A built model and one step of it. ``step()`` returns the loss for training steps.
-    ``features()`` gives the backbone's stage maps (for the bf16 comparison)."""
+    ``features()`` gives the backbone's stage maps (for the bf16 comparison); where the
+    precision is fixed when the workload is built (the deployment runtimes), ``features()``
+    are in that precision and ``fp32_features()`` the fp32 PyTorch reference."""
 
     model: nn.Module
     step: Callable[[], float | None]
     features: Callable[[], tuple[Tensor, ...]]
+    fp32_features: Callable[[], tuple[Tensor, ...]] | None = None
+    precision_note: str | None = None
 
 
 def autocast_context(mode: str, device: str) -> AbstractContextManager:
@@ -119,6 +125,9 @@ def build_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: in
                    device: str) -> Workload:
     """Build ``c`` (seeded, so equal candidates get equal weights) ready to run ``mode``."""
     torch.manual_seed(SEED)
+    if c.impl in RUNTIME_IMPLS:
+        return runtime_workload(c, mode, shape, batch_size, device, torch.get_num_threads(),
+                                SEED)
     if c.config is None:
         return _backbone_workload(c, mode, shape, batch_size, device)
     return _config_workload(c, mode, shape, batch_size, device)
@@ -204,6 +213,16 @@ class Result:
     cosine: list[float] | None = None  # per stage, bf16 / fp16 vs fp32
     max_abs_diff: float | None = None
     with_cp: bool = False
+    flops: float | None = None  # per step (2 x multiply-accumulates)
+    peak_flops_per_s: float | None = None  # same-process GEMM in this mode's precision
+    note: str | None = None
+
+    @property
+    def peak_share(self) -> float | None:
+        """The model's FLOP/s as a share of the same-process matmul peak."""
+        if self.flops is None or not self.peak_flops_per_s:
+            return None
+        return self.flops / statistics.median(self.times) / self.peak_flops_per_s
 
     @property
     def latency_ms(self) -> float:
@@ -260,9 +279,12 @@ def reduced_precision_error(w: Workload, mode: str, device: str
     ``mode``'s autocast vs fp32, same weights and input."""
     w.model.eval()
     with torch.no_grad():
-        ref = w.features()
-        with autocast_context(mode, device):
-            low = w.features()
+        if w.fp32_features is not None:
+            ref, low = w.fp32_features(), w.features()
+        else:
+            ref = w.features()
+            with autocast_context(mode, device):
+                low = w.features()
     cos = [torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(),
                                                  dim=0).item() for a, b in zip(ref, low)]
     diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(ref, low))
@@ -298,8 +320,13 @@ def run_benchmark(candidates: Sequence[Candidate], modes: Sequence[str],
                   shapes: Sequence[tuple[int, int]], batch_size: int = 1, runs: int = 10,
                   warmup: int = 2, device: str = 'cpu', threads: int = 2,
                   memory_modes: Sequence[str] | None = None,
-                  log: Callable[[str], None] = print) -> list[Result]:
-    """Measure every candidate in every mode at every shape; see the module doc."""
+                  log: Callable[[str], None] = print, matmul_peak: bool = False
+                  ) -> list[Result]:
+    """Measure every candidate in every mode at every shape; see the module doc.
+
+    ``matmul_peak``: also time a 4096^2 GEMM in each mode's precision in the same alternation
+    and give each result its FLOPs and share of that peak (:mod:`.deploy_bench`). Peak memory
+    is not measured for the deployment runtimes."""
     check_modes(modes, device)
     memory_modes = modes if memory_modes is None else memory_modes
     torch.set_num_threads(threads)
@@ -311,11 +338,19 @@ def run_benchmark(candidates: Sequence[Candidate], modes: Sequence[str],
                 f'{", ".join(c.label for c in group)}')
             workloads = {c.label: build_workload(c, mode, shape, batch_size, device)
                          for c in group}
+            if matmul_peak:
+                workloads[GEMM_LABEL] = gemm_workload(mode, device)
             times, losses, faults = time_alternating(workloads, runs, warmup, device)
+            peak = gemm_flops() / statistics.median(times[GEMM_LABEL]) if matmul_peak else None
+            if peak is not None:
+                log(f'  {GEMM_LABEL}: {peak / 1e9:.0f} GFLOP/s')
             for c in group:
                 r = Result(c.label, c.role, c.impl, c.subject, mode, tuple(shape), batch_size,
                            times[c.label], losses[c.label], faults_mib=faults[c.label],
-                           with_cp=c.with_cp)
+                           with_cp=c.with_cp, peak_flops_per_s=peak,
+                           note=workloads[c.label].precision_note)
+                if matmul_peak and mode != 'train':
+                    r.flops = _flops(c, shape, batch_size)
                 if mode in INFERENCE_DTYPES:
                     r.cosine, r.max_abs_diff = reduced_precision_error(
                         workloads[c.label], mode, device)
@@ -324,7 +359,38 @@ def run_benchmark(candidates: Sequence[Candidate], modes: Sequence[str],
             del workloads
             if mode in memory_modes:
                 for c, r in zip(group, results[-len(group):]):
+                    if c.impl in RUNTIME_IMPLS:
+                        continue
                     r.memory_mib = measure_memory(c, mode, shape, batch_size, device, threads,
                                                   warmup)
                     log(f'  {c.label}: peak memory {r.memory_mib:.0f} MiB')
     return results
+
+
+GEMM_LABEL = 'matmul 4096x4096'
+_FLOPS: dict[tuple, float | None] = {}
+
+
+def _flops(c: Candidate, shape: Sequence[int], batch_size: int) -> float | None:
+    """FLOPs per step of the architecture ``c`` runs (the same for every implementation)."""
+    key = (c.arch if c.config is None else c.config, repr(c.cfg_options), tuple(shape),
+           batch_size)
+    if key not in _FLOPS:
+        _FLOPS[key] = model_flops(c, shape, batch_size)
+    return _FLOPS[key]
+
+
+def peak_lines(results: Sequence[Result]) -> list[str]:
+    """'label mode HxW: 12.3 GFLOP, 45% of the fp32 matmul peak (300 GFLOP/s)' per result."""
+    out = []
+    for r in results:
+        if r.peak_share is None:
+            continue
+        precision = 'fp32' if r.mode in ('fp32', 'train') else r.mode
+        line = (f'{r.label} {r.mode} {r.shape[0]}x{r.shape[1]}: {r.flops / 1e9:.1f} GFLOP in '
+                f'{r.latency_ms:.1f} ms = {100 * r.peak_share:.0f}% of the same-process '
+                f'{precision} matmul peak ({r.peak_flops_per_s / 1e9:.0f} GFLOP/s)')
+        if r.note:
+            line += f' [{r.note}]'
+        out.append(line)
+    return out

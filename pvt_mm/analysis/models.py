@@ -19,7 +19,7 @@ from mmengine.registry import MODELS, DefaultScope
 from torch import Tensor, nn
 
 from ..engine.runtime import config_scope, read_config
-from ..models.backbones.arch import ARCHS, OFFICIAL_NAMES, PVTArch
+from ..models.backbones.arch import ARCHS, OFFICIAL_ALIASES, OFFICIAL_NAMES, PVTArch
 from ..models.backbones.pvt import PVT, PVTv2, PyramidVisionTransformerBase
 
 Impl = Literal['pvt_mm', 'mmdet', 'timm']
@@ -136,10 +136,10 @@ def backbone_impl(cfg: Config) -> tuple[Impl | None, str | None]:
     """(implementation, arch name) of the config's backbone; (None, None) if not a PVT."""
     bb = cfg.model.backbone
     t = _type_name(bb)
-    if t in OFFICIAL_NAMES:
-        return 'pvt_mm', OFFICIAL_NAMES[t]
-    if t in OUR_TYPES.values():
-        return 'pvt_mm', check_arch(bb.get('arch', 'small'))
+    if t in OFFICIAL_ALIASES:  # official class names, pvt_small_f4 included
+        return 'pvt_mm', OFFICIAL_ALIASES[t][0]
+    if t in OUR_TYPES.values():  # without arch: the class default (PVT small, PVTv2 b2)
+        return 'pvt_mm', check_arch(bb.get('arch', (PVT if t == 'PVT' else PVTv2).default_arch))
     if t in MMDET_TYPES.values():
         return 'mmdet', arch_of_mmdet_cfg(bb)
     return None, None

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from .checkpoint_io import check_checkpoint_file
+from .config_check import check_data_config
 from .runtime import build_runner, enable_amp, load_config, set_resume, task_scope
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
@@ -70,6 +72,7 @@ def train_config(args: argparse.Namespace) -> Config:
     if args.amp:
         enable_amp(cfg)
     set_resume(cfg, args.resume)
+    check_data_config(cfg, 'train')  # annotation files and image folders exist
     return cfg
 
 
@@ -89,9 +92,9 @@ def _show_predictions(cfg: Config, scope: str, show_dir: str) -> None:
 def test_config(args: argparse.Namespace) -> Config:
     """The testing config for parsed ``tools/test.py`` arguments (loads ``args.checkpoint``)."""
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+    check_checkpoint_file(args.checkpoint, 'checkpoint')
     cfg.load_from = args.checkpoint
+    check_data_config(cfg, 'test')  # annotation files and image folders exist
     scope = task_scope(cfg)
     if args.show_dir:
         _show_predictions(cfg, scope, args.show_dir)

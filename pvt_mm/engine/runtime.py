@@ -5,25 +5,30 @@ It follows mmdet's and mmseg's own tools (same config handling, same Runner) and
 - the task's scope (``mmdet`` or ``mmseg``) taken from the config's ``default_scope``;
 - CPU-only machines: distributed runs use gloo, DDP without device ids and SyncBN as
   per-process BN, ``--amp`` as bfloat16 autocast (:mod:`pvt_mm.engine.cpu`);
-- torch >= 2.6 loads checkpoints with ``weights_only=True``; :func:`allow_runner_checkpoints`
-  allow-lists exactly the non-tensor globals mmengine's checkpoints hold, so ``--resume``
-  works with the safe loader left on.
+- checkpoints are read safely (``weights_only=True``, the Runner-checkpoint allow-list scoped
+  to each load), loaded strictly (``load_from_strict=False`` opts out) and written atomically
+  (:mod:`pvt_mm.engine.checkpoint_io`);
+- ``--cfg-options`` keys that the config does not have are refused with the nearest name.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import logging
 import os.path as osp
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import find_latest_checkpoint
 
+from .checkpoint_io import (STRICT_KEY, check_checkpoint_file, harden_runner,
+                            use_atomic_checkpoint_hook)
 from .cpu import CPU_DIST_BACKEND, init_cpu_process_group
 
 SCOPES = ('mmdet', 'mmseg')
@@ -32,30 +37,38 @@ CPU_WRAPPER = 'CPUDistributedDataParallel'
 CPU_AMP_WRAPPER = 'CPUAmpOptimWrapper'
 AMP_WRAPPERS = ('AmpOptimWrapper', CPU_AMP_WRAPPER)
 CPU_LAUNCHERS = ('none', 'pytorch')
-# HistoryBuffers keep logged values (mmengine turns them into Python numbers first) as
-# float64 arrays and their counts as int64 ones
-NUMPY_LOG_DTYPES = (np.float64, np.int64)
+# top-level keys that mmengine's Runner (or mmdet's/mmseg's tools, or pvt_mm) read even when
+# the config file does not set them; any of them may be given with --cfg-options
+RUNNER_KEYS = frozenset(inspect.signature(Runner.__init__).parameters) - {'self', 'cfg'} | {
+    'model_wrapper_cfg', 'compile', 'runner_type', 'custom_imports', 'tta_model',
+    'tta_pipeline', 'gpu_ids', 'dist_params', STRICT_KEY}
+NEAR_CUTOFF = 0.8  # difflib ratio above which a missing nested key is taken for a typo
 
 
-def _checkpoint_globals() -> list[Any]:
-    """The non-tensor globals in mmengine Runner checkpoints (found with
-    ``torch.serialization.get_unsafe_globals_in_checkpoint``): the message hub's
-    ``HistoryBuffer`` logs, which hold numpy arrays and scalars, and reference their statistic
-    methods as ``getattr(HistoryBuffer, 'mean')`` etc. (so ``builtins.getattr``; what it
-    returns still cannot be called by the loader unless it is allow-listed too). numpy
-    dtypes are rebuilt through their classes (``numpy.dtypes.Float64DType``, ...).
-    Checked on detection and segmentation checkpoints of epoch- and iteration-based runs."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-    multiarray = (getattr(np, '_core', None) or np.core).multiarray  # numpy 2 renamed core
-    dtype_classes = [type(np.dtype(t)) for t in NUMPY_LOG_DTYPES]
-    return [HistoryBuffer, getattr, multiarray._reconstruct, multiarray.scalar, np.ndarray,
-            np.dtype, *dtype_classes]
-
-
-def allow_runner_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` (torch >= 2.6 default) read mmengine Runner
-    checkpoints, by allow-listing exactly the globals they contain. Idempotent."""
-    torch.serialization.add_safe_globals(_checkpoint_globals())
+def check_cfg_options(cfg: Config, cfg_options: dict) -> None:
+    """Refuse ``--cfg-options`` keys that would be silently ignored: a top-level key the
+    config does not have (and no Runner reads), or a nested key missing where the config has
+    a near-identical one (``optimzer`` for ``optimizer``). New nested keys are allowed."""
+    for key in cfg_options:
+        parts = str(key).split('.')
+        known = set(cfg.keys()) | RUNNER_KEYS
+        if parts[0] not in known:
+            near = difflib.get_close_matches(parts[0], sorted(known), n=1, cutoff=0.5)
+            hint = f'; did you mean {near[0]!r}?' if near else ''
+            raise ValueError(f'--cfg-options {key}: the config has no top-level key '
+                           f'{parts[0]!r}{hint}')
+        node = cfg.get(parts[0])
+        for i, part in enumerate(parts[1:], 1):
+            if not isinstance(node, Mapping):
+                break
+            if part not in node:
+                near = difflib.get_close_matches(part, [str(k) for k in node], n=1,
+                                                 cutoff=NEAR_CUTOFF)
+                if near:
+                    raise ValueError(f'--cfg-options {key}: {".".join(parts[:i])} has no key '
+                                   f'{part!r}; did you mean {near[0]!r}?')
+                break
+            node = node[part]
 
 
 def read_config(path: str | Path, cfg_options: dict | None = None) -> Config:
@@ -69,6 +82,7 @@ def read_config(path: str | Path, cfg_options: dict | None = None) -> Config:
         raise FileNotFoundError(f'config file not found: {path}{hint}')
     cfg = Config.fromfile(str(path))
     if cfg_options:
+        check_cfg_options(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     return cfg
 
@@ -94,6 +108,13 @@ def adapt_to_device(cfg: Config) -> None:
     launchers that need GPUs (mmengine's slurm/mpi set-up calls ``torch.cuda``)."""
     if torch.cuda.is_available():
         return
+    wrapper = cfg.get('optim_wrapper')
+    if wrapper is not None and wrapper.get('type') == 'AmpOptimWrapper':
+        # configs that train in mixed precision (the official "_fp16" recipes): mmengine's
+        # AmpOptimWrapper refuses to build without an accelerator; CPU autocast is bfloat16
+        wrapper.type = CPU_AMP_WRAPPER
+        print_log(f'{wrapper.get("dtype") or "fp16"} AmpOptimWrapper without CUDA: training '
+                  'under bfloat16 autocast on the CPU', logger='current')
     env_cfg = cfg.setdefault('env_cfg', ConfigDict())
     env_cfg.setdefault('dist_cfg', ConfigDict())['backend'] = CPU_DIST_BACKEND
     launcher = cfg.get('launcher', 'none')
@@ -113,6 +134,7 @@ def load_config(config: str | Path, cfg_options: dict | None = None,
     cfg = read_config(config)
     cfg.launcher = launcher
     if cfg_options:
+        check_cfg_options(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     if work_dir is not None:
         cfg.work_dir = str(work_dir)
@@ -121,20 +143,33 @@ def load_config(config: str | Path, cfg_options: dict | None = None,
     task_scope(cfg)
     import pvt_mm  # noqa: F401  registers the backbones, whatever the config imports
     adapt_to_device(cfg)
+    from .config_check import check_model_config
+    check_model_config(cfg)  # backbone arguments and neck/head channels, before any data
+    from .resume import enable_exact_resume
+    enable_exact_resume(cfg)  # epoch-based loops resume bit-exactly (pvt_mm.engine.resume)
     return cfg
 
 
 def set_resume(cfg: Config, resume: str | None) -> None:
-    """``'auto'``: resume from the work_dir's latest checkpoint; a path: resume from it."""
+    """``'auto'``: resume from the work_dir's latest checkpoint, or, when the work dir has
+    none, say so and start from scratch; a path: resume from it (missing: an error)."""
     if resume is None:
         return
-    cfg.resume = True
-    if resume == 'auto':
-        cfg.load_from = None
-    elif not osp.isfile(resume):
-        raise FileNotFoundError(f'--resume checkpoint not found: {resume}')
-    else:
-        cfg.load_from = resume
+    if resume != 'auto':
+        check_checkpoint_file(resume, '--resume checkpoint')
+        cfg.resume, cfg.load_from = True, resume
+        return
+    marker = osp.join(cfg.work_dir, 'last_checkpoint')
+    latest = find_latest_checkpoint(cfg.work_dir) if osp.isfile(marker) else None
+    if latest is None:
+        loaded = f' (loading load_from={cfg.load_from})' if cfg.get('load_from') else ''
+        print_log(f'--resume: no checkpoint found in {cfg.work_dir} (no last_checkpoint '
+                  f'file); starting from scratch{loaded}', logger='current',
+                  level=logging.WARNING)
+        cfg.resume = False
+        return
+    check_checkpoint_file(latest, f'--resume: {marker} names a checkpoint that is')
+    cfg.resume, cfg.load_from = True, latest
 
 
 def enable_amp(cfg: Config) -> None:
@@ -153,13 +188,34 @@ def enable_amp(cfg: Config) -> None:
                   logger='current')
 
 
+def _fresh_visualizer(cfg: Config) -> None:
+    """mmengine keeps visualizers by name per process and hands a later runner asking for the
+    same name (mmdet's and mmseg's runtimes all say ``'visualizer'``) the earlier one, with
+    that run's save_dir, while hooks pick the newest instance of any class: a second runner
+    in one process (the demo, a notebook, tests) would log and draw into the first one's. Give
+    each runner built here a name no visualizer has yet."""
+    vis = cfg.get('visualizer')
+    if not isinstance(vis, Mapping):
+        return
+    from mmengine.visualization import Visualizer
+    name = vis.get('name')
+    if name and name in Visualizer._instance_dict:
+        vis['name'] = f'{name}_{uuid.uuid4().hex[:8]}'
+
+
 def build_runner(cfg: Config) -> Runner:
-    """The Runner for ``cfg`` (``runner_type`` honoured), after the CPU process group and the
-    checkpoint allow-list are in place."""
-    allow_runner_checkpoints()
+    """The Runner for ``cfg`` (``runner_type`` honoured), after the CPU process group is in
+    place, with safe and strict checkpoint loading and atomic checkpoint saving
+    (:func:`~pvt_mm.engine.checkpoint_io.harden_runner`)."""
+    if cfg.get('load_from'):
+        check_checkpoint_file(cfg.load_from, 'load_from checkpoint')
+    use_atomic_checkpoint_hook(cfg)
+    _fresh_visualizer(cfg)
     if cfg.get('launcher', 'none') == 'pytorch' and not torch.cuda.is_available():
         init_cpu_process_group(cfg.env_cfg.get('dist_cfg'))
     if 'runner_type' in cfg:
         registry = importlib.import_module(f'{task_scope(cfg)}.registry').RUNNERS
-        return registry.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = registry.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    return harden_runner(runner, strict=cfg.get(STRICT_KEY, True))

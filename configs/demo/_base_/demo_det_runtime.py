@@ -1,7 +1,7 @@
 # Runtime and schedule of the demo detectors: mmdet's default runtime; from random init,
 # AdamW with a short linear warm-up then cosine decay, validation once at the end.
 _base_ = 'mmdet::_base_/default_runtime.py'
-max_epochs = 12
+max_epochs = 10  # bbox mAP@0.5 0.586 (12 epochs: 0.660): epochs traded for the 10-minute demo
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')

@@ -1,5 +1,5 @@
-from .arch import ARCHS, OFFICIAL_NAMES, PVTArch, resolve_arch
+from .arch import ARCHS, OFFICIAL_ALIASES, OFFICIAL_NAMES, PVTArch, arch_name, resolve_arch
 from .pvt import PVT, PVTStage, PVTv2, PyramidVisionTransformerBase
 
-__all__ = ['ARCHS', 'OFFICIAL_NAMES', 'PVTArch', 'resolve_arch', 'PVT', 'PVTv2', 'PVTStage',
-           'PyramidVisionTransformerBase']
+__all__ = ['ARCHS', 'OFFICIAL_ALIASES', 'OFFICIAL_NAMES', 'PVTArch', 'arch_name', 'resolve_arch',
+           'PVT', 'PVTv2', 'PVTStage', 'PyramidVisionTransformerBase']

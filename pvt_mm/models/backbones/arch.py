@@ -54,6 +54,8 @@ ARCHS: dict[str, PVTArch] = {
     'small': PVTArch(1, _V2_DIMS, (3, 4, 6, 3)),
     'medium': PVTArch(1, _V2_DIMS, (3, 4, 18, 3)),
     'large': PVTArch(1, _V2_DIMS, (3, 8, 27, 3)),
+    # the official classification code's pvt_huge_v2 (no released weights)
+    'huge': PVTArch(1, (128, 256, 512, 768), (3, 10, 60, 3), num_heads=(2, 4, 8, 12)),
     # PVT v2 (Wang et al., CVMJ 2022)
     'b0': PVTArch(2, (32, 64, 160, 256), (2, 2, 2, 2)),
     'b1': PVTArch(2, _V2_DIMS, (2, 2, 2, 2)),
@@ -69,6 +71,20 @@ OFFICIAL_NAMES: dict[str, str] = {
     **{f'pvt_{n}': n for n in ('tiny', 'small', 'medium', 'large')},
     **{f'pvt_v2_{n}': n for n in ('b0', 'b1', 'b2', 'b2_li', 'b3', 'b4', 'b5')},
 }
+# Every registered official name -> (ARCHS entry, fixed keyword arguments): the class names
+# above plus the official detection code's ``pvt_small_f4`` (its DETR config's backbone:
+# PVT-Small returning only the last map). Kept apart from OFFICIAL_NAMES, which is one name
+# per variant.
+OFFICIAL_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    **{name: (arch, {}) for name, arch in OFFICIAL_NAMES.items()},
+    'pvt_small_f4': ('small', {'F4': True}),
+}
+CUSTOM_ARCH = 'custom'  # arch_name of a dict of settings
+
+
+def arch_name(spec: PVTArch) -> str:
+    """The ARCHS name of ``spec`` (``'b2'``, ``'small'``, ...) or ``'custom'``."""
+    return next((name for name, a in ARCHS.items() if a == spec), CUSTOM_ARCH)
 
 
 def resolve_arch(arch: str | Mapping[str, Any] | PVTArch, version: int) -> PVTArch:
@@ -82,7 +98,10 @@ def resolve_arch(arch: str | Mapping[str, Any] | PVTArch, version: int) -> PVTAr
         name = OFFICIAL_NAMES.get(arch, arch)
         choices = sorted(k for k, a in ARCHS.items() if a.version == version)
         if name not in ARCHS or ARCHS[name].version != version:
-            raise ValueError(f'unknown PVT{"v2" if version == 2 else ""} arch {arch!r}; '
+            other = (f" ({arch!r} is a {'PVTv2' if ARCHS[name].version == 2 else 'PVT'} arch:"
+                     f" type={'PVTv2' if ARCHS[name].version == 2 else 'PVT'!r})"
+                     if name in ARCHS else '')
+            raise ValueError(f'unknown PVT{"v2" if version == 2 else ""} arch {arch!r}{other}; '
                              f'choose one of {choices} or pass a dict of settings')
         spec = ARCHS[name]
     elif isinstance(arch, Mapping):

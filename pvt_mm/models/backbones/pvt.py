@@ -20,9 +20,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import PatchEmbed, PVTBlock, nlc_to_nchw, resize_pos_embed
 from ..layers.attention import AttnMode
+from ..layers.exec_path import TRACED, ExecPath, decide_exec_path, is_graph_capture
 from ..layers.block import BLOCK_LN_EPS
 from ..layers.shape import HW
-from .arch import ARCHS, NUM_STAGES, OFFICIAL_NAMES, PVTArch, resolve_arch
+from . import validation as check
+from .arch import (ARCHS, CUSTOM_ARCH, NUM_STAGES, OFFICIAL_ALIASES, PVTArch, arch_name,
+                   resolve_arch)
 
 STEM_STRIDE = 4  # stage 1 embeds 4x4 patches; each later stage halves the resolution
 STAGE_STRIDE = 2
@@ -56,28 +59,32 @@ class PVTStage(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=BLOCK_LN_EPS) if overlap else None
         self.with_cp = False
 
-    def _embed(self, x: Tensor) -> tuple[Tensor, HW]:
+    def _embed(self, x: Tensor, traced: bool = False) -> tuple[Tensor, HW]:
         x, hw = self.patch_embed(x)
         if self.pos_embed is not None:
-            x = self.pos_drop(x + resize_pos_embed(self.pos_embed, self.pos_grid, hw))
+            x = self.pos_drop(x + resize_pos_embed(self.pos_embed, self.pos_grid, hw, traced))
         return x, hw
 
-    def _last_block(self, x: Tensor, hw: HW) -> Tensor:
-        x = self.blocks[-1](x, hw)
+    def _last_block(self, x: Tensor, hw: HW, path: ExecPath) -> Tensor:
+        x = self.blocks[-1](x, hw, path)
         return x if self.norm is None else self.norm(x)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, HW]:
+    def forward(self, x: Tensor, path: ExecPath | None = None) -> tuple[Tensor, HW]:
+        """``path``: the backbone's execution path (:mod:`..layers.exec_path`; decided here
+        when the stage is called alone)."""
+        if path is None:
+            path = decide_exec_path(x, self.patch_embed.proj.weight.dtype)
         if not (self.with_cp and torch.is_grad_enabled()):
-            x, hw = self._embed(x)
+            x, hw = self._embed(x, path.traced)
             for block in self.blocks[:-1]:
-                x = block(x, hw)
-            return self._last_block(x, hw), hw
+                x = block(x, hw, path)
+            return self._last_block(x, hw, path), hw
         # with_cp: the embedding, each block and the last block with the norm are segments
         # that keep only their input (one (B, N, C) map) and recompute the rest backward
-        x, hw = checkpoint(self._embed, x, use_reentrant=False)
+        x, hw = checkpoint(self._embed, x, path.traced, use_reentrant=False)
         for block in self.blocks[:-1]:
-            x = checkpoint(block, x, hw, use_reentrant=False)
-        return checkpoint(self._last_block, x, hw, use_reentrant=False), hw
+            x = checkpoint(block, x, hw, path, use_reentrant=False)
+        return checkpoint(self._last_block, x, hw, path, use_reentrant=False), hw
 
 
 class PyramidVisionTransformerBase(BaseModule):
@@ -86,11 +93,14 @@ class PyramidVisionTransformerBase(BaseModule):
     Args:
         arch: a name of the variant table (``'small'``, ``'b2'``, ...) or a dict of settings
             (``embed_dims``, ``depths``, ``num_heads``, ``sr_ratios``, ``mlp_ratios``,
-            ``linear``).
-        in_channels: input channels.
-        pretrain_img_size: image size the v1 position embeddings are sized for.
+            ``linear``); default ``'small'`` (PVT) / ``'b2'`` (PVTv2). ``arch_name`` keeps the
+            table name (``'custom'`` for a dict).
+        in_channels: input channels (a 3-channel checkpoint is adapted on load as timm does).
+        pretrain_img_size: image size (int or (H, W), at least 32) the v1 position embeddings
+            are sized for: stage i's grid is (H // (4 * 2**i), W // (4 * 2**i)).
         out_indices: stages whose maps are returned (0..3, negative counts from the end).
-        F4: return only the last map (as the official code does for DETR).
+            Stages after the last one requested are not built.
+        F4: return only the last map (as the official code does for DETR; all stages built).
         frozen_stages: freeze the first ``frozen_stages`` stages (parameters without grad,
             modules in eval mode, also after ``train()``); -1 or 0 freezes nothing.
         with_cp: activation checkpointing while training: each stage keeps only the inputs of
@@ -99,6 +109,9 @@ class PyramidVisionTransformerBase(BaseModule):
             embedding / on attention weights / stochastic depth, spread linearly over blocks.
         qkv_bias: bias in the query/key/value projections.
         attn_mode: ``'sdpa'`` (fused, default) or ``'explicit'`` (reference softmax path).
+        fast_kernels: on CPU, run the oneDNN fast paths (fused kernels, banded MLP, chunked
+            attention); False: plain reference ops. Traced / exported graphs always take the
+            reference ops. Can be changed later: ``model.fast_kernels = False``.
         pretrained: deprecated shortcut for ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config; ``type='Pretrained'`` loads official, mmdet, timm or
             pvt_mm checkpoints through :func:`pvt_mm.convert.convert_pvt_checkpoint`.
@@ -106,12 +119,15 @@ class PyramidVisionTransformerBase(BaseModule):
 
     version: ClassVar[int]
 
-    def __init__(self, arch: str | Mapping[str, Any] | PVTArch = 'small', in_channels: int = 3,
-                 pretrain_img_size: int = 224, out_indices: Sequence[int] = (0, 1, 2, 3),
+    def __init__(self, arch: str | Mapping[str, Any] | PVTArch | None = None,
+                 in_channels: int = 3, pretrain_img_size: int | Sequence[int] = 224,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
                  F4: bool = False, frozen_stages: int = -1, with_cp: bool = False,
                  drop_rate: float = 0., attn_drop_rate: float = 0., drop_path_rate: float = 0.1,
-                 qkv_bias: bool = True, attn_mode: AttnMode = 'sdpa',
+                 qkv_bias: bool = True, attn_mode: AttnMode = 'sdpa', fast_kernels: bool = True,
                  pretrained: str | None = None, init_cfg: dict | None = None) -> None:
+        check.check_pretrained(pretrained)
+        check.check_init_cfg(init_cfg)
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError('give either pretrained or init_cfg, not both')
@@ -119,49 +135,43 @@ class PyramidVisionTransformerBase(BaseModule):
                           'checkpoint=...)', DeprecationWarning, stacklevel=2)
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
+        arch = self.default_arch if arch is None else arch
         self.arch = resolve_arch(arch, self.version)
-        self.in_channels = in_channels
+        self.arch_name = CUSTOM_ARCH if isinstance(arch, Mapping) else arch_name(self.arch)
+        self.in_channels = check.check_int('in_channels', in_channels, 1)
         self.out_indices = self._resolve_out_indices(out_indices, F4)
-        if not -1 <= frozen_stages <= NUM_STAGES:
-            raise ValueError(f'frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        if not 0 <= drop_path_rate < 1:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
+        self.frozen_stages = check.check_int('frozen_stages', frozen_stages, -1, NUM_STAGES)
+        for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                           ('drop_path_rate', drop_path_rate)):
+            check.check_rate(name, rate)
+        self.pretrain_img_size = check.to_hw('pretrain_img_size', pretrain_img_size,
+                                             STEM_STRIDE * STAGE_STRIDE ** (NUM_STAGES - 1))
 
         a, v2 = self.arch, self.version == 2
         rates = self._drop_path_rates(drop_path_rate)
         self.stages = nn.ModuleList()
-        for i in range(NUM_STAGES):
+        # stages after the last requested one are not built: they would hold parameters
+        # without gradients (DDP then needs find_unused_parameters)
+        for i in range(self.out_indices[-1] + 1):
             stride = STEM_STRIDE if i == 0 else STAGE_STRIDE
-            grid = pretrain_img_size // (STEM_STRIDE * STAGE_STRIDE ** i)
+            pos_grid = tuple(s // (STEM_STRIDE * STAGE_STRIDE ** i)
+                             for s in self.pretrain_img_size)
             self.stages.append(PVTStage(
                 in_channels if i == 0 else a.embed_dims[i - 1], a.embed_dims[i], a.depths[i],
                 a.num_heads[i], a.sr_ratios[i], a.mlp_ratios[i], stride, overlap=v2,
-                linear=a.linear, pos_grid=None if v2 else (grid, grid), drop_path=rates[i],
+                linear=a.linear, pos_grid=None if v2 else pos_grid, drop_path=rates[i],
                 drop=drop_rate, attn_drop=attn_drop_rate, qkv_bias=qkv_bias,
                 attn_mode=attn_mode))
         self.with_cp = with_cp
+        self.fast_kernels = bool(fast_kernels)
         self._init_default_weights()
         self._freeze_stages()
 
     # ---- configuration -------------------------------------------------------------------
     @staticmethod
     def _resolve_out_indices(out_indices: Sequence[int], F4: bool) -> tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        idx = []
-        for i in out_indices:
-            if not -NUM_STAGES <= i < NUM_STAGES:
-                raise ValueError(f'out_indices entry {i} is outside 0..{NUM_STAGES - 1}')
-            idx.append(i % NUM_STAGES)
-        if not idx or len(set(idx)) != len(idx):
-            raise ValueError(f'out_indices must be non-empty and unique, got {out_indices}')
-        if F4:
-            if tuple(idx) not in ((0, 1, 2, 3), (NUM_STAGES - 1,)):
-                raise ValueError(f'F4=True returns only the last stage; it conflicts with '
-                                 f'out_indices={tuple(out_indices)}')
-            return (NUM_STAGES - 1,)
-        return tuple(sorted(idx))
+        """Sorted unique stage indices (negative ones count from the end; F4: the last)."""
+        return check.resolve_out_indices(out_indices, F4, NUM_STAGES)
 
     def _drop_path_rates(self, rate: float) -> list[list[float]]:
         """Linear 0..rate over all blocks, split per stage (the official rule)."""
@@ -207,12 +217,13 @@ class PyramidVisionTransformerBase(BaseModule):
 
     @property
     def min_input_size(self) -> int:
-        """Smallest H and W that reach stride 32 with every reduction conv covered."""
-        need = 0
-        for i, sr in enumerate(self.arch.sr_ratios):
-            stride = STEM_STRIDE * STAGE_STRIDE ** i
-            need = max(need, stride * (1 if self.arch.linear else sr))
-        return need
+        """Smallest H and W for which every built stage's grid covers its attention reduction,
+        from the patch embeddings' real rounding (v1 floors, v2 ceils; li pools adaptively):
+        v1 32, v2 29, v2-li 1 for the table's settings."""
+        n = len(self.stages)
+        strides = [STEM_STRIDE] + [STAGE_STRIDE] * (n - 1)
+        return check.min_input_size(check.stage_geometry(
+            strides, self.arch.sr_ratios[:n], overlap=self.version == 2, linear=self.arch.linear))
 
     # ---- weights -------------------------------------------------------------------------
     def _init_default_weights(self) -> None:
@@ -235,15 +246,26 @@ class PyramidVisionTransformerBase(BaseModule):
                 trunc_normal_(stage.pos_embed, std=.02)
 
     def init_weights(self) -> None:
-        """Load ``init_cfg=dict(type='Pretrained', checkpoint=...)`` strictly, after
-        converting it from any supported layout; other init_cfgs go to mmengine."""
-        cfg = self.init_cfg
-        if isinstance(cfg, Mapping) and cfg.get('type') == 'Pretrained':
-            from ...checkpoint import load_pretrained
-            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
-            self._is_init = True
-        else:
+        """Load every ``dict(type='Pretrained', checkpoint=..., prefix=...)`` entry of
+        ``init_cfg`` (a dict or a list) strictly, after converting it from any supported
+        layout; other entries go to mmengine first (as mmengine orders them: Pretrained last)."""
+        cfgs = [] if self.init_cfg is None else (
+            list(self.init_cfg) if isinstance(self.init_cfg, (list, tuple)) else [self.init_cfg])
+        pretrained = [c for c in cfgs if isinstance(c, Mapping) and c.get('type') == 'Pretrained']
+        if not pretrained:
             super().init_weights()
+            return
+        others = [c for c in cfgs if not any(c is p for p in pretrained)]
+        if others:
+            init_cfg, self.init_cfg = self.init_cfg, others
+            try:
+                super().init_weights()
+            finally:
+                self.init_cfg = init_cfg
+        from ...checkpoint import load_pretrained
+        for cfg in pretrained:
+            load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+        self._is_init = True
 
     # ---- training mode -------------------------------------------------------------------
     def _freeze_stages(self) -> None:
@@ -259,28 +281,29 @@ class PyramidVisionTransformerBase(BaseModule):
 
     # ---- forward -------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
-        name = type(self).__name__
-        if not isinstance(x, Tensor):
-            raise TypeError(f'{name} expects a tensor, got {type(x).__name__}')
-        if x.dim() != 4:
-            raise ValueError(f'{name} expects a (B, C, H, W) batch, got shape {tuple(x.shape)}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'{name} expects {self.in_channels} input channels, got '
-                             f'{x.shape[1]} (shape {tuple(x.shape)})')
-        if not x.is_floating_point():
-            raise TypeError(f'{name} expects a floating-point image, got {x.dtype}')
-        m = self.min_input_size
-        if min(x.shape[-2:]) < m:
-            raise ValueError(f'input {x.shape[-2]}x{x.shape[-1]} is too small for {name}: '
-                             f'H and W must be at least {m} to reach stride 32')
+        """Rank, empty batch, channels, dtype (the parameters' one, or fp32/fp16/bf16 under
+        autocast) and size; each failure names the value and what is allowed."""
+        check.check_input(x, f'{type(self).__name__} ({self.arch_name})', self.in_channels,
+                          self.min_input_size, next(self.parameters()).dtype)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """x: (B, C_in, H, W) -> NCHW maps of the stages in ``out_indices`` (strides 4, 8,
-        16, 32 with ``embed_dims`` channels)."""
-        self._check_input(x)
+        16, 32 with ``embed_dims`` channels).
+
+        The execution path (reference ops, oneDNN inference or training kernels, or the traced
+        graph) is decided here once, from the device, dtype, autocast, grad mode, tracing /
+        export state and ``fast_kernels``, and passed to every layer. While tracing or
+        exporting, the Python-side input checks are skipped (they would bake the traced size).
+        """
+        if is_graph_capture():
+            path = TRACED
+        else:
+            self._check_input(x)
+            weight = self.stages[0].patch_embed.proj.weight
+            path = decide_exec_path(x, weight.dtype, self.fast_kernels)
         outs = []
         for i, stage in enumerate(self.stages[:self.out_indices[-1] + 1]):
-            tokens, hw = stage(x)
+            tokens, hw = stage(x, path)
             x = nlc_to_nchw(tokens, hw)
             if i in self.out_indices:
                 outs.append(x.contiguous())
@@ -292,6 +315,7 @@ class PVT(PyramidVisionTransformerBase):
     """PVT v1: ``arch`` in tiny / small / medium / large (or a dict). See the base class."""
 
     version = 1
+    default_arch = 'small'
 
 
 @MODELS.register_module()
@@ -299,21 +323,27 @@ class PVTv2(PyramidVisionTransformerBase):
     """PVT v2: ``arch`` in b0 ... b5, b2_li (or a dict). See the base class."""
 
     version = 2
+    default_arch = 'b2'  # as mmdet's PyramidVisionTransformerV2
 
 
-def _official_alias(name: str, arch: str) -> Any:
+def _official_alias(name: str, arch: str, fixed: dict[str, Any]) -> Any:
+    """A builder for the official class ``name``: ``arch`` and ``fixed`` kwargs are set."""
     cls = PVT if ARCHS[arch].version == 1 else PVTv2
+    fixed = {'arch': arch, **fixed}
+    shown = ', '.join(f'{k}={v!r}' for k, v in fixed.items())
 
     def build(**kwargs: Any) -> PyramidVisionTransformerBase:
-        if 'arch' in kwargs:
-            raise TypeError(f'{name} fixes arch={arch!r}; use type={cls.__name__!r} to '
-                            'choose another')
-        return cls(arch=arch, **kwargs)
+        clash = sorted(k for k in kwargs if k in fixed and kwargs[k] != fixed[k]
+                       or k == 'arch')
+        if clash:
+            raise TypeError(f'{name} fixes {shown}; got {clash[0]}={kwargs[clash[0]]!r}. Use '
+                            f'type={cls.__name__!r} to choose another')
+        return cls(**{**kwargs, **fixed})
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = f'The official ``{name}`` class name: ``{cls.__name__}(arch={arch!r})``.'
+    build.__doc__ = f'The official ``{name}`` class name: ``{cls.__name__}({shown})``.'
     return build
 
 
-for _name, _arch in OFFICIAL_NAMES.items():
-    MODELS.register_module(name=_name, module=_official_alias(_name, _arch))
+for _name, (_arch, _fixed) in OFFICIAL_ALIASES.items():
+    MODELS.register_module(name=_name, module=_official_alias(_name, _arch, _fixed))

@@ -6,8 +6,9 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fused import fused_dtype, linear_act, matmul_nt
-from .shape import HW, nchw_to_nlc, nlc_to_nchw
+from .exec_path import ExecKind, ExecPath, decide_exec_path
+from .fused import matmul_nt
+from .shape import HW, adaptive_avg_pool2d_matmul, nchw_to_nlc, nlc_to_nchw
 
 AttnMode = Literal['sdpa', 'explicit']
 ATTN_MODES: tuple[str, ...] = ('sdpa', 'explicit')
@@ -74,38 +75,61 @@ class SpatialReductionAttention(nn.Module):
             raise ValueError(f'attn_mode must be one of {ATTN_MODES}, got {mode!r}')
         self._attn_mode = mode
 
-    def reduce(self, x: Tensor, hw: HW) -> Tensor:
-        """(B, N, C) tokens -> (B, M, C) reduced tokens the keys/values are computed from."""
+    def reduce(self, x: Tensor, hw: HW, path: ExecPath | None = None) -> Tensor:
+        """(B, N, C) tokens -> (B, M, C) reduced tokens the keys/values are computed from.
+        On the traced path the li pooling is written as matmuls that follow the input size."""
         if self.sr is None:
             return x
         x_ = nlc_to_nchw(x, hw)
         if self.pool is not None:
-            x_ = self.pool(x_)
+            traced = path is not None and path.traced
+            x_ = adaptive_avg_pool2d_matmul(x_, LINEAR_SR_POOL_SIZE) if traced else self.pool(x_)
         x_, _ = nchw_to_nlc(self.sr(x_))
         x_ = self.norm(x_)
         return x_ if self.act is None else self.act(x_)
 
-    def forward(self, x: Tensor, hw: HW) -> Tensor:
-        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C)."""
-        B, N, C = x.shape
-        dtype = fused_dtype(x)
-        if dtype is not None and self.pool is None:
-            x = x.to(dtype)  # q and the reduction (or kv) both read x: cast it once, not twice
-        q = linear_act(x, self.q)
-        kv = linear_act(self.reduce(x, hw), self.kv)
-        if dtype is not None and (self.attn_drop == 0 or not self.training) \
-                and self._attn_mode == 'sdpa':
-            return self.proj_drop(linear_act(self._attend_chunked(q, kv), self.proj))
-        q = q.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = kv.view(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        drop = self.attn_drop if self.training else 0.
+    def forward(self, x: Tensor, hw: HW, path: ExecPath | None = None) -> Tensor:
+        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C). ``path``: the backbone's
+        execution path (decided here when called alone)."""
+        if path is None:
+            path = decide_exec_path(x, self.q.weight.dtype)
+        if path.fast:
+            return self._forward_fast(x, hw, path)
+        return self._forward_reference(x, hw, path)
+
+    def _forward_reference(self, x: Tensor, hw: HW, path: ExecPath | None = None) -> Tensor:
+        q = self.q(x)
+        kv = self.kv(self.reduce(x, hw, path))
+        return self.proj_drop(self.proj(self._attend(q, kv)))
+
+    def _attend(self, q: Tensor, kv: Tensor) -> Tensor:
+        """q: (B, N, C) queries, kv: (B, M, 2C) keys|values -> (B, N, C) multi-head
+        softmax(q k^T * scale) v, by SDPA or explicitly (``attn_mode``)."""
+        B, N, C = q.shape
+        q = q.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv.reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self._attn_mode == 'sdpa':
+            drop = self.attn_drop if self.training else 0.
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         else:
             attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
-            out = F.dropout(attn, drop) @ v
-        out = out.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(linear_act(out, self.proj))
+            out = F.dropout(attn, self.attn_drop, training=self.training) @ v
+        return out.transpose(1, 2).reshape(B, N, C)
+
+    def _forward_fast(self, x: Tensor, hw: HW, path: ExecPath) -> Tensor:
+        """The oneDNN paths: fused linears; without autograd (and with the SDPA mode and no
+        attention dropout to apply) exact attention over chunks of queries."""
+        kernels = path.kernels
+        infer = path.kind is ExecKind.ONEDNN_INFER
+        if infer and self.pool is None:
+            x = x.to(path.dtype)  # q and the reduction (or kv) both read x: cast it once
+        q = kernels.linear(x, self.q)
+        kv = kernels.linear(self.reduce(x, hw), self.kv)
+        if infer and (self.attn_drop == 0 or not self.training) and self._attn_mode == 'sdpa':
+            out = self._attend_chunked(q, kv)
+        else:
+            out = self._attend(q, kv)
+        return self.proj_drop(kernels.linear(out, self.proj))
 
     def _attend_chunked(self, q: Tensor, kv: Tensor) -> Tensor:
         """Inference fast path. q: (B, N, C) queries, kv: (B, M, 2C) keys|values ->

@@ -5,6 +5,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .attention import AttnMode, SpatialReductionAttention
+from .exec_path import ExecPath, decide_exec_path
 from .mlp import Mlp
 from .shape import HW
 
@@ -30,7 +31,10 @@ class PVTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dwconv=dwconv, extra_relu=linear, drop=drop)
 
-    def forward(self, x: Tensor, hw: HW) -> Tensor:
-        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C)."""
-        x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(self.mlp(self.norm2(x), hw))
+    def forward(self, x: Tensor, hw: HW, path: ExecPath | None = None) -> Tensor:
+        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C). ``path``: the backbone's
+        execution path (:mod:`.exec_path`; decided here when the block is called alone)."""
+        if path is None:
+            path = decide_exec_path(x, self.attn.q.weight.dtype)
+        x = x + self.drop_path(self.attn(self.norm1(x), hw, path))
+        return x + self.drop_path(self.mlp(self.norm2(x), hw, path))

@@ -26,10 +26,14 @@ class PatchEmbed(nn.Module):
         return self.norm(x), hw
 
 
-def resize_pos_embed(pos_embed: Tensor, src_hw: HW, dst_hw: HW) -> Tensor:
+def resize_pos_embed(pos_embed: Tensor, src_hw: HW, dst_hw: HW, traced: bool = False
+                     ) -> Tensor:
     """(1, h*w, C) embedding of an ``src_hw`` grid -> (1, H*W, C) for ``dst_hw`` (bilinear,
-    ``align_corners=False``, as the official code); returned unchanged when the sizes agree."""
-    if tuple(src_hw) == tuple(dst_hw):
+    ``align_corners=False``, as the official code); returned unchanged when the sizes agree.
+
+    ``traced``: always interpolate (``dst_hw`` read from a traced tensor's shape), so a traced
+    or exported graph resizes to each input's grid instead of keeping the traced size's."""
+    if not traced and tuple(src_hw) == tuple(dst_hw):
         return pos_embed
     C = pos_embed.shape[-1]
     grid = pos_embed.reshape(1, *src_hw, C).permute(0, 3, 1, 2)

@@ -1,17 +1,20 @@
 """CPU fast paths through oneDNN: bias and activation fused into the matmul or convolution.
 
-* Without autograd (``torch.no_grad()`` / ``inference_mode``), on CPU tensors in fp32 or bf16,
-  linears and the depthwise conv run as oneDNN kernels with the bias and activation fused, so
-  the wide MLP activations are written once instead of three times. Under
-  ``torch.autocast('cpu', dtype=torch.bfloat16)`` they run in bf16, with the weights cast once
-  per weight version (autocast would cast them on every call).
-* With autograd on CPU, linears run as :class:`_OneDNNLinear`: oneDNN for the forward and the
+The layers use these kernels only on the oneDNN execution paths (:mod:`.exec_path`), chosen
+once per backbone forward:
+
+* inference (no autograd), fp32 or bf16 (autocast's dtype): linears and the depthwise conv run
+  as oneDNN kernels with the bias and activation fused, so the wide MLP activations are written
+  once instead of three times; under bf16 autocast the weights are cast once per weight
+  version (autocast would cast them on every call);
+* training (autograd): linears run as :class:`_OneDNNLinear`: oneDNN for the forward and the
   input gradient (2-3x MKL's speed for PVT's skinny token x channel shapes on the machines we
-  measured), MKL for the weight gradient. Activations stay separate ops there.
-* Everything else (other devices and dtypes, builds without oneDNN) takes the plain
-  ``F.linear`` / ``F.conv2d`` path, which is also the reference in the tests.
+  measured), MKL for the weight gradient; activations and the conv stay plain ops there.
 """
 from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,27 +31,16 @@ ACTIVATIONS = {
     'gelu': ('gelu', 'none', F.gelu),  # exact (erf) GELU, as nn.GELU()
     'relu': ('relu', '', F.relu),
 }
-_enabled = True
 
 
 def set_fused_kernels(enabled: bool) -> None:
-    """Globally allow (default) or forbid the fused inference kernels (for A/B checks)."""
-    global _enabled
-    _enabled = bool(enabled)
+    """Deprecated: use the backbone option ``fast_kernels`` (``model.fast_kernels = False``).
 
-
-def _onednn_dtype(x: Tensor) -> torch.dtype | None:
-    """The dtype oneDNN kernels would run in for ``x`` (autocast's, else x's), or None when
-    they cannot serve it (disabled, no oneDNN, not a CPU tensor, unsupported dtype)."""
-    if not _enabled or not FUSED_AVAILABLE or x.device.type != 'cpu':
-        return None
-    dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
-    return dtype if dtype in FUSED_DTYPES else None
-
-
-def fused_dtype(x: Tensor) -> torch.dtype | None:
-    """The dtype of the no-autograd fused kernels for ``x``, or None to use the plain ops."""
-    return None if torch.is_grad_enabled() else _onednn_dtype(x)
+    Globally allows (default) or forbids the oneDNN paths of every model."""
+    from . import exec_path
+    warnings.warn('set_fused_kernels is deprecated; set the backbone option fast_kernels '
+                  'instead', DeprecationWarning, stacklevel=2)
+    exec_path._fast_kernels_default = bool(enabled)
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype, owner: nn.Module, name: str) -> Tensor | None:
@@ -87,33 +79,35 @@ class _OneDNNLinear(torch.autograd.Function):
         return dx, dw, db
 
 
-def linear_act(x: Tensor, layer: nn.Linear, act: str = 'none') -> Tensor:
-    """``act(layer(x))`` for x of shape (..., C_in) -> (..., C_out)."""
-    post_op, algorithm, reference = ACTIVATIONS[act]
-    dtype = _onednn_dtype(x)
-    if dtype is None or layer.weight.dtype not in FUSED_DTYPES:
-        return reference(layer(x))
-    if torch.is_grad_enabled():
-        bias = None if layer.bias is None else layer.bias.to(dtype)
-        return reference(_OneDNNLinear.apply(x.to(dtype), layer.weight.to(dtype), bias))
-    w = _cast(layer.weight, dtype, layer, 'weight')
-    b = _cast(layer.bias, dtype, layer, 'bias')
-    return _MKLDNN._linear_pointwise(x.to(dtype), w, b, post_op, [], algorithm)
-
-
 def matmul_nt(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b.T`` for a (n, k), b (m, k) through oneDNN (fast-path dtypes, no autograd)."""
     return _MKLDNN._linear_pointwise(a, b, None, 'none', [], '')
 
 
-def conv_act(x: Tensor, conv: nn.Conv2d, act: str = 'none') -> Tensor:
-    """``act(conv(x))`` for an NCHW map (channels-last strides preferred)."""
-    post_op, algorithm, reference = ACTIVATIONS[act]
-    dtype = fused_dtype(x)
-    if dtype is None or not isinstance(conv.padding, tuple):
-        return reference(conv(x))
-    w = _cast(conv.weight, dtype, conv, 'weight')
-    b = _cast(conv.bias, dtype, conv, 'bias')
-    return _MKLDNN._convolution_pointwise(x.to(dtype), w, b, list(conv.padding),
-                                          list(conv.stride), list(conv.dilation), conv.groups,
-                                          post_op, [], algorithm)
+class OneDNNKernels(NamedTuple):
+    """The linear and conv of one oneDNN path: in ``dtype``; ``autograd``: training path."""
+
+    dtype: torch.dtype
+    autograd: bool
+
+    def linear(self, x: Tensor, layer: nn.Linear, act: str = 'none') -> Tensor:
+        """``act(layer(x))`` for x (..., C_in) -> (..., C_out)."""
+        post_op, algorithm, reference = ACTIVATIONS[act]
+        dtype = self.dtype
+        if self.autograd:
+            bias = None if layer.bias is None else layer.bias.to(dtype)
+            return reference(_OneDNNLinear.apply(x.to(dtype), layer.weight.to(dtype), bias))
+        w = _cast(layer.weight, dtype, layer, 'weight')
+        b = _cast(layer.bias, dtype, layer, 'bias')
+        return _MKLDNN._linear_pointwise(x.to(dtype), w, b, post_op, [], algorithm)
+
+    def conv(self, x: Tensor, conv: nn.Conv2d, act: str = 'none') -> Tensor:
+        """``act(conv(x))`` for an NCHW map (channels-last strides preferred)."""
+        post_op, algorithm, reference = ACTIVATIONS[act]
+        if self.autograd or not isinstance(conv.padding, tuple):
+            return reference(conv(x))
+        w = _cast(conv.weight, self.dtype, conv, 'weight')
+        b = _cast(conv.bias, self.dtype, conv, 'bias')
+        return _MKLDNN._convolution_pointwise(
+            x.to(self.dtype), w, b, list(conv.padding), list(conv.stride),
+            list(conv.dilation), conv.groups, post_op, [], algorithm)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .fused import _onednn_dtype, conv_act, fused_dtype, linear_act
+from .exec_path import ExecKind, ExecPath, decide_exec_path
+from .fused import OneDNNKernels
 from .mlp_grad import BandedMlpFunction
-from .shape import HW, RowBand, row_bands
+from .shape import HW, RowBand, nchw_to_nlc, nlc_to_nchw, row_bands
 
 # On the CPU fast paths the MLP runs over bands of image rows, so that its hidden activations
 # (mlp_ratio x wider than the tokens: 136 MiB per image at stride 4 for 800x1333 in fp32, held
@@ -18,7 +19,7 @@ INFER_BAND_BYTES = 8 * 2 ** 20
 
 
 class DWConv(nn.Module):
-    """3x3 depthwise conv on token rows; wraps ``dwconv`` to keep the official key names."""
+    """3x3 depthwise conv on tokens; wraps ``dwconv`` to keep the official key names."""
 
     HALO = 1  # rows of context the 3x3 kernel needs on each side
 
@@ -26,16 +27,20 @@ class DWConv(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
-    def forward(self, x: Tensor, act: str = 'none') -> Tensor:
-        """x: (B, h, W, C) rows of tokens -> act(dwconv(x)): (B, h, W, C)."""
-        return conv_act(x.permute(0, 3, 1, 2), self.dwconv, act).permute(0, 2, 3, 1)
+    def forward(self, x: Tensor, hw: HW) -> Tensor:
+        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> dwconv(x): (B, N, C)."""
+        return nchw_to_nlc(self.dwconv(nlc_to_nchw(x, hw)))[0]
+
+    def rows(self, x: Tensor, kernels: OneDNNKernels, act: str = 'none') -> Tensor:
+        """Fast paths. x: (B, h, W, C) rows of tokens -> act(dwconv(x)): (B, h, W, C)."""
+        return kernels.conv(x.permute(0, 3, 1, 2), self.dwconv, act).permute(0, 2, 3, 1)
 
 
 class Mlp(nn.Module):
     """``fc1 -> [ReLU] -> [DWConv] -> GELU -> fc2`` on (B, N, C) tokens.
 
-    Each activation is fused into the op before it on the CPU fast paths (:mod:`.fused`),
-    which also run the MLP over bands of rows (inference, and training via
+    On the oneDNN paths (:mod:`.exec_path`) each activation is fused into the op before it and
+    the MLP runs over bands of rows (inference, and training via
     :class:`.mlp_grad.BandedMlpFunction` when there is no dropout to replay).
 
     Args:
@@ -56,15 +61,44 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
-    def _rows(self, x: Tensor, keep: slice) -> Tensor:
+    def forward(self, x: Tensor, hw: HW, path: ExecPath | None = None) -> Tensor:
+        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C). ``path``: the backbone's
+        execution path (decided here when called alone)."""
+        if path is None:
+            path = decide_exec_path(x, self.fc1.weight.dtype)
+        if path.fast:
+            return self._forward_fast(x, hw, path)
+        return self._forward_reference(x, hw)
+
+    def _forward_reference(self, x: Tensor, hw: HW) -> Tensor:
+        x = self.fc1(x)
+        if self.relu is not None:
+            x = self.relu(x)
+        if self.dwconv is not None:
+            x = self.dwconv(x, hw)
+        x = self.drop(self.act(x))
+        return self.drop(self.fc2(x))
+
+    # ---- the oneDNN paths ------------------------------------------------------------------
+    def _forward_fast(self, x: Tensor, hw: HW, path: ExecPath) -> Tensor:
+        B, N, C = x.shape
+        if path.kind is ExecKind.ONEDNN_INFER:
+            return self._forward_banded(x, hw, path.dtype)
+        params = list(self.parameters())
+        if ((self.drop.p == 0 or not self.training)
+                and (x.requires_grad or any(p.requires_grad for p in params))):
+            return BandedMlpFunction.apply(x, hw, self, path.dtype, *params)
+        return self._rows(x.view(B, *hw, C), slice(None), path.kernels).view(B, N, C)
+
+    def _rows(self, x: Tensor, keep: slice, kernels: OneDNNKernels) -> Tensor:
         """x: (B, h, W, C) token rows -> (B, len(keep), W, C): the MLP output of rows
         ``keep``; the other rows are only context for the depthwise conv."""
         if self.dwconv is None:
-            x = linear_act(x[:, keep], self.fc1, 'gelu')
+            x = kernels.linear(x[:, keep], self.fc1, 'gelu')
         else:
-            x = linear_act(x, self.fc1, 'relu' if self.relu is not None else 'none')
-            x = self.dwconv(x, 'gelu')[:, keep]
-        return self.drop(linear_act(self.drop(x), self.fc2))
+            x = kernels.linear(x, self.fc1, 'relu' if self.relu is not None else 'none')
+            x = self.dwconv.rows(x, kernels, 'gelu')[:, keep]
+        return self.drop(kernels.linear(self.drop(x), self.fc2))
 
     @property
     def halo(self) -> int:
@@ -77,26 +111,16 @@ class Mlp(nn.Module):
         return row_bands(hw[0], INFER_BAND_BYTES // (row_bytes * self.fc1.out_features),
                          self.halo)
 
-    def _forward_banded(self, x: Tensor, hw: HW) -> Tensor:
-        """Without autograd: x (B, N, C) -> (B, N, C), one band of rows at a time."""
+    def _forward_banded(self, x: Tensor, hw: HW, dtype: torch.dtype) -> Tensor:
+        """Without autograd, fused kernels in ``dtype``: x (B, N, C) -> (B, N, C), one band of
+        rows at a time."""
         B, N, C = x.shape
+        kernels = OneDNNKernels(dtype, autograd=False)
         rows = x.view(B, *hw, C)
-        dtype = fused_dtype(x) or x.dtype
         bands = self.bands(hw, B * hw[1] * dtype.itemsize)
         if len(bands) == 1:
-            return self._rows(rows, slice(None)).view(B, N, C)
+            return self._rows(rows, slice(None), kernels).view(B, N, C)
         out = x.new_empty(B, *hw, C, dtype=dtype)
         for band in bands:
-            out[:, band.own] = self._rows(rows[:, band.read], band.keep)
+            out[:, band.own] = self._rows(rows[:, band.read], band.keep, kernels)
         return out.view(B, N, C)
-
-    def forward(self, x: Tensor, hw: HW) -> Tensor:
-        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C)."""
-        B, N, C = x.shape
-        if not torch.is_grad_enabled():
-            return self._forward_banded(x, hw)
-        params = list(self.parameters())
-        if (_onednn_dtype(x) is not None and (self.drop.p == 0 or not self.training)
-                and (x.requires_grad or any(p.requires_grad for p in params))):
-            return BandedMlpFunction.apply(x, hw, self, *params)
-        return self._rows(x.view(B, *hw, C), slice(None)).view(B, N, C)

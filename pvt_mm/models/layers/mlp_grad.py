@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fused import _onednn_dtype, matmul_nt
+from .fused import OneDNNKernels, matmul_nt
 from .shape import HW
 
 if TYPE_CHECKING:
@@ -33,15 +33,17 @@ _ops = torch.ops.aten
 class BandedMlpFunction(torch.autograd.Function):
     """``mlp(x, hw)`` with the banded forward and recomputing backward described above.
 
-    apply(x (B, N, C), hw, mlp, *mlp.parameters()) -> (B, N, C).
+    apply(x (B, N, C), hw, mlp, dtype, *mlp.parameters()) -> (B, N, C), with ``dtype`` the
+    oneDNN training path's kernel dtype (:mod:`.exec_path`).
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type='cpu')
-    def forward(ctx, x: Tensor, hw: HW, mlp: Mlp, *params: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, hw: HW, mlp: Mlp, dtype: torch.dtype, *params: Tensor
+                ) -> Tensor:
         ctx.save_for_backward(x)
-        ctx.hw, ctx.mlp = hw, mlp
-        return mlp._forward_banded(x, hw)
+        ctx.hw, ctx.mlp, ctx.dtype = hw, mlp, dtype
+        return mlp._forward_banded(x, hw, dtype)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type='cpu')
@@ -51,31 +53,35 @@ class BandedMlpFunction(torch.autograd.Function):
         mlp, hw = ctx.mlp, ctx.hw
         params = list(mlp.parameters())
         need_x = ctx.needs_input_grad[0]
-        need = [i for i, n in enumerate(ctx.needs_input_grad[3:]) if n]
+        need = [i for i, n in enumerate(ctx.needs_input_grad[4:]) if n]
         explicit = (x.dtype == grad.dtype == torch.float32
                     and not torch.is_autocast_enabled('cpu')
                     and all(p.dtype == torch.float32 for p in params))
         run = _backward_explicit if explicit else _backward_autograd
-        dx, dparams = run(mlp, x.detach(), grad, hw, need_x, [params[i] for i in need])
+        dx, dparams = run(mlp, x.detach(), grad, hw, need_x, [params[i] for i in need],
+                          ctx.dtype)
         out: list[Tensor | None] = [None] * len(params)
         for i, g in zip(need, dparams):
             out[i] = g
-        return (dx, None, None, *out)
+        return (dx, None, None, None, *out)
 
 
 def _backward_autograd(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
-                       params: list[Tensor]) -> tuple[Tensor | None, list[Tensor]]:
-    """Any dtype: recompute each band (all images at once) with autograd."""
+                       params: list[Tensor], dtype: torch.dtype
+                       ) -> tuple[Tensor | None, list[Tensor]]:
+    """Any dtype: recompute each band (all images at once) with autograd, on the oneDNN
+    training path's kernels in ``dtype``."""
     B, N, C = x.shape
     H, W = hw
     rows, grad_rows = x.view(B, H, W, C), grad.view(B, H, W, -1)
     dx = torch.zeros_like(rows) if need_x else None
     dparams: list[Tensor] = []
-    itemsize = (_onednn_dtype(x) or x.dtype).itemsize  # the forward's band plan
+    itemsize = dtype.itemsize  # the forward's band plan
+    kernels = OneDNNKernels(dtype, autograd=True)
     with torch.enable_grad():
         for band in mlp.bands(hw, B * W * itemsize):
             xs = rows[:, band.read].requires_grad_(need_x)
-            out = mlp._rows(xs, band.keep)
+            out = mlp._rows(xs, band.keep, kernels)
             grads = torch.autograd.grad(out, ([xs] if need_x else []) + params,
                                         grad_rows[:, band.own])
             if dx is not None:
@@ -86,7 +92,8 @@ def _backward_autograd(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
 
 
 def _backward_explicit(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
-                       params: list[Tensor]) -> tuple[Tensor | None, list[Tensor]]:
+                       params: list[Tensor], dtype: torch.dtype
+                       ) -> tuple[Tensor | None, list[Tensor]]:
     """fp32: each image's bands in the forward's token-major layout, products through oneDNN.
 
     A band is T tokens x channels; the depthwise conv sees it as a channels-last map (oneDNN's

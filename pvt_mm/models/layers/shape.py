@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 HW = tuple[int, int]
@@ -45,3 +46,27 @@ def row_bands(height: int, band_rows: int, halo: int = 0) -> list[RowBand]:
         a, b = max(r0 - halo, 0), min(r1 + halo, height)
         bands.append(RowBand(slice(a, b), slice(r0 - a, r1 - a), slice(r0, r1)))
     return bands
+
+
+def _adaptive_avg_matrix(ones: Tensor, bins: int) -> Tensor:
+    """(bins, L) averaging matrix of adaptive average pooling of a length-L axis, where ``ones``
+    is an (L,) tensor of ones: bin i averages [floor(i*L/bins), ceil((i+1)*L/bins)).
+
+    L is read from ``ones`` (a tensor), so traced and exported graphs compute it at run time."""
+    pos = ones.cumsum(0) - 1  # 0 .. L-1
+    length = ones.sum()
+    i = torch.arange(bins, device=ones.device)
+    start = (i * length).div(bins, rounding_mode='floor')
+    end = ((i + 1) * length + bins - 1).div(bins, rounding_mode='floor')
+    inside = (pos[None] >= start[:, None]) & (pos[None] < end[:, None])
+    return inside.to(torch.float32) / (end - start).to(torch.float32)[:, None]
+
+
+def adaptive_avg_pool2d_matmul(x: Tensor, size: int) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` for a (B, C, H, W) map as two matmuls with averaging
+    matrices built from the runtime H and W: the form ONNX Runtime and OpenVINO accept at any
+    input size (an exported AdaptiveAvgPool2d bakes the traced size into its kernel)."""
+    ones = torch.ones_like(x[0, 0, :, :], dtype=torch.int64)  # (H, W)
+    rows = _adaptive_avg_matrix(ones[:, 0], size).to(x.dtype)  # (size, H)
+    cols = _adaptive_avg_matrix(ones[0, :], size).to(x.dtype)  # (size, W)
+    return rows @ x @ cols.t()

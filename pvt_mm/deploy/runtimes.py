@@ -1,0 +1,84 @@
+"""Running exported graphs in ONNX Runtime and OpenVINO (CPU), and comparing with PyTorch."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+RUNTIMES = ('onnxruntime', 'openvino')
+PRECISIONS = ('fp32', 'bf16')
+# What each runtime runs for a requested precision. ONNX Runtime's CPU provider has no bf16
+# kernels for this graph (MatMul / Conv / LayerNormalization): it runs fp32 whatever is asked.
+ORT_KERNEL_PRECISION = {'fp32': 'fp32', 'bf16': 'fp32'}
+OPENVINO_PRECISION_HINT = {'fp32': 'f32', 'bf16': 'bf16'}
+
+
+class RuntimeModel:
+    """An exported graph loaded into ``runtime`` on CPU: ``model(x)`` with x a (B, 3, H, W)
+    float32 array or tensor -> list of float32 numpy outputs, in the graph's output order.
+
+    ``precision``: 'fp32' or 'bf16' (OpenVINO: ``INFERENCE_PRECISION_HINT``; ONNX Runtime:
+    fp32 kernels either way, see :data:`ORT_KERNEL_PRECISION`). ``threads``: intra-op threads
+    (None: the runtime's default)."""
+
+    def __init__(self, path: str | Path, runtime: str = 'onnxruntime', precision: str = 'fp32',
+                 threads: int | None = None) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f'runtime must be one of {RUNTIMES}, got {runtime!r}')
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        self.path, self.runtime, self.precision = Path(path), runtime, precision
+        if runtime == 'onnxruntime':
+            import onnxruntime as ort
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(str(path), opts,
+                                                 providers=['CPUExecutionProvider'])
+            self.input_name = self._session.get_inputs()[0].name
+            self.kernel_precision = ORT_KERNEL_PRECISION[precision]
+        else:
+            import openvino as ov
+            config = {'INFERENCE_PRECISION_HINT': OPENVINO_PRECISION_HINT[precision],
+                      'PERFORMANCE_HINT': 'LATENCY'}
+            if threads:
+                config['INFERENCE_NUM_THREADS'] = threads
+            self._compiled = ov.Core().compile_model(str(path), 'CPU', config)
+            self._request = self._compiled.create_infer_request()
+            hint = self._compiled.get_property('INFERENCE_PRECISION_HINT')
+            self.kernel_precision = hint.get_type_name() if hasattr(hint, 'get_type_name') \
+                else str(hint)
+
+    def __call__(self, x: np.ndarray | Tensor) -> list[np.ndarray]:
+        if isinstance(x, Tensor):
+            x = x.detach().float().cpu().numpy()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.runtime == 'onnxruntime':
+            return self._session.run(None, {self.input_name: x})
+        result = self._request.infer({0: x})
+        return [np.asarray(result[o]) for o in self._compiled.outputs]
+
+
+def max_abs_diff(outputs: Sequence[np.ndarray], reference: Sequence[Tensor]) -> float:
+    """Largest |runtime - PyTorch| over all outputs (shapes must agree)."""
+    if len(outputs) != len(reference):
+        raise ValueError(f'{len(outputs)} runtime outputs vs {len(reference)} PyTorch outputs')
+    worst = 0.
+    for o, r in zip(outputs, reference):
+        r = r.detach().float().cpu().numpy()
+        if o.shape != r.shape:
+            raise ValueError(f'runtime output shape {o.shape} vs PyTorch {r.shape}')
+        worst = max(worst, float(np.abs(o - r).max()))
+    return worst
+
+
+def parity(model: torch.nn.Module, runtime_model: RuntimeModel, x: Tensor) -> float:
+    """Max abs difference of ``runtime_model(x)`` from ``model(x)`` (eval, fp32, no grad)."""
+    from .export import flatten_outputs
+    with torch.no_grad():
+        ref = flatten_outputs(model.eval()(x))
+    return max_abs_diff(runtime_model(x), ref)

@@ -1,0 +1,207 @@
+"""Pictures and a newcomer's first minutes: backbone feature / attention / position-embedding
+pictures (v1, v2, li), the attention recomputation against the module's own output, the demo's
+ground-truth | prediction pictures and training curve, tools/infer.py through the mm
+inferencers, tools without pkg_resources noise, and $PVT_MM_DATA_ROOT in the shipped configs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from pvt_mm.demo import DemoDataSpec, draw_scene
+from pvt_mm.demo.pipeline import run_demo
+from pvt_mm.models.backbones import PVT, PVTv2
+from pvt_mm.visualization import backbone_maps, query_attention, visualize_backbone
+from pvt_mm.visualization.inference import infer
+
+ROOT = Path(__file__).resolve().parents[1]
+H, W = 96, 128  # a small non-square image: every stage grid is non-square too
+BACKBONES = {'tiny': lambda: PVT(arch='tiny', drop_path_rate=0.),
+             'b0': lambda: PVTv2(arch='b0', drop_path_rate=0.),
+             'b2_li': lambda: PVTv2(arch='b2_li', drop_path_rate=0.)}
+
+
+@pytest.fixture(scope='module')
+def image_file(tmp_path_factory) -> Path:
+    scene = draw_scene(7)
+    img = cv2.resize(scene.image, (W, H), interpolation=cv2.INTER_AREA)  # BGR
+    path = tmp_path_factory.mktemp('img') / 'scene.png'
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def _png(path: Path) -> np.ndarray:
+    assert path.is_file() and path.stat().st_size > 0, path
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)
+
+
+@pytest.mark.parametrize('arch', list(BACKBONES))
+def test_backbone_pictures_per_stage(arch, image_file, tmp_path):
+    backbone = BACKBONES[arch]().eval()
+    paths = visualize_backbone(image_file, tmp_path, point=(30, 20), backbone=backbone)
+    kinds = ('features', 'attention') + (('pos_embed',) if arch == 'tiny' else ())
+    assert sorted(p.name for p in paths) == sorted(
+        f'stage{i}_{k}.png' for i in range(1, 5) for k in kinds)
+    for path in paths:
+        img = _png(path)
+        assert img.shape == (H, W, 3), path.name
+        assert img.std() > 1, f'{path.name} is flat'
+
+
+@pytest.mark.parametrize('arch', list(BACKBONES))
+def test_attention_follows_the_query_point(arch, image_file, tmp_path):
+    backbone = BACKBONES[arch]().eval()
+    a = visualize_backbone(image_file, tmp_path / 'a', point=(10, 10), backbone=backbone)
+    b = visualize_backbone(image_file, tmp_path / 'b', point=(W - 10, H - 10),
+                           backbone=backbone)
+    for pa, pb in zip(a, b):
+        if 'attention' in pa.name:
+            diff = np.abs(_png(pa).astype(int) - _png(pb).astype(int)).mean()
+            assert diff > 1, f'{pa.name} does not change with the query point'
+        else:  # features and position embeddings do not depend on it
+            assert np.array_equal(_png(pa), _png(pb)), pa.name
+
+
+@pytest.mark.parametrize('arch', list(BACKBONES))
+def test_recomputed_attention_reproduces_the_module_output(arch):
+    """Stage 1 has one head, so the recomputed weights are that head's: weights @ values
+    through ``proj`` must equal what the attention module itself returns at that token."""
+    backbone = BACKBONES[arch]().eval()
+    x = torch.randn(1, 3, H, W)
+    maps = backbone_maps(backbone, x, point=(W - 1, 0))
+    attn = backbone.stages[0].blocks[-1].attn
+    assert attn.num_heads == 1
+    captured = {}
+    handle = attn.register_forward_hook(
+        lambda m, args, out: captured.update(x=args[0], hw=args[1], out=out))
+    with torch.no_grad():
+        backbone(x)
+    handle.remove()
+    hw = captured['hw']
+    row, col = maps.query_cells[0]
+    assert (row, col) == (0, hw[1] - 1)  # top-right pixel -> top-right token
+    index = row * hw[1] + col
+    weights, grid = query_attention(attn, captured['x'], hw, index)
+    assert weights.shape == grid and torch.isclose(weights.sum(), torch.tensor(1.))
+    torch.testing.assert_close(weights, maps.attention[0])
+    C = captured['x'].shape[-1]
+    with torch.no_grad():
+        v = attn.kv(attn.reduce(captured['x'], hw))[0, :, C:]
+        expected = attn.proj(weights.reshape(1, -1) @ v)
+    torch.testing.assert_close(expected, captured['out'][:, index], rtol=1e-4, atol=1e-5)
+    if arch == 'b2_li':
+        assert grid == (7, 7)  # the pooled keys
+
+
+def test_query_point_must_lie_on_the_image(image_file, tmp_path):
+    backbone = BACKBONES['b0']().eval()
+    for point in ((W + 5, 0), (0, -1)):
+        with pytest.raises(ValueError, match='outside'):
+            visualize_backbone(image_file, tmp_path, point=point, backbone=backbone)
+
+
+def test_tools_start_without_pkg_resources_warnings(image_file, tmp_path):
+    """tools/visualize.py reading a shipped COCO config (whose mmdet:: bases make mmengine
+    import pkg_resources) warns about the random weights, but says nothing of
+    pkg_resources."""
+    out = subprocess.run([sys.executable, str(ROOT / 'tools/visualize.py'), str(image_file),
+                          '--config', str(ROOT / 'configs/retinanet_pvt_t_fpn_1x_coco.py'),
+                          '--out-dir', str(tmp_path)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, 'PYTHONWARNINGS': 'default'})
+    assert out.returncode == 0, out.stderr
+    assert 'random weights' in out.stderr  # other warnings still reach the user
+    assert 'pkg_resources' not in out.stderr, out.stderr
+    assert (tmp_path / 'stage4_pos_embed.png').is_file()
+
+
+def test_data_root_variable_repoints_the_shipped_configs(monkeypatch, tmp_path):
+    coco = ROOT / 'configs/retinanet_pvt_s_fpn_1x_coco.py'
+    ade = ROOT / 'configs/fpn_pvt_s_512x512_40k_ade20k.py'
+    monkeypatch.delenv('PVT_MM_DATA_ROOT', raising=False)
+    default = Config.fromfile(str(coco))
+    assert default.train_dataloader.dataset.data_root == 'data/coco/'
+    monkeypatch.setenv('PVT_MM_DATA_ROOT', str(tmp_path))
+    cfg = Config.fromfile(str(coco))
+    root = f'{tmp_path}/coco/'
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = cfg[loader].dataset
+        assert dataset.data_root == root, loader
+        assert dataset.ann_file == default[loader].dataset.ann_file  # relative to data_root
+    assert cfg.val_evaluator.ann_file == root + 'annotations/instances_val2017.json'
+    assert cfg.test_evaluator.ann_file == cfg.val_evaluator.ann_file
+    seg = Config.fromfile(str(ade))
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert seg[loader].dataset.data_root == f'{tmp_path}/ade/ADEChallengeData2016', loader
+    assert seg.train_dataloader.batch_size == 4
+
+
+# ---- the demo's pictures and tools/infer.py ----------------------------------------------
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp('demo')
+    spec = DemoDataSpec(num_train=8, num_val=4)
+    opts = ['--data-root', str(work / 'data'), '--work-dir', str(work / 'run'),
+            '--num-train', str(spec.num_train), '--num-val', str(spec.num_val),
+            '--det-epochs', '1', '--seg-iters', '2', '--min-map50', '0', '--time-budget', '0']
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('PVT_MM_DEMO_DATA', str(work / 'data'))  # restored afterwards
+        assert run_demo(opts) == 0
+        yield work
+
+
+def test_demo_writes_prediction_pictures_and_curves(demo_run, capsys):
+    for stage in ('det', 'seg'):
+        pictures = demo_run / 'run' / stage / 'pictures'
+        grid = _png(pictures / 'predictions.png')
+        # 4 validation images, ground truth | prediction (2 x 128 px), 4 px gaps
+        assert grid.shape == (4 * 128 + 3 * 4, 2 * 128, 3), stage
+        singles = sorted(pictures.glob('val_*.png'))
+        assert len(singles) == 4 and all(_png(p).shape == (128, 256, 3) for p in singles)
+        left, right = _png(singles[0])[:, :128], _png(singles[0])[:, 128:]
+        assert np.abs(left.astype(int) - right.astype(int)).mean() > 1  # GT != prediction
+        curve = _png(pictures / 'training_curve.png')
+        assert curve.shape == (300, 520, 3) and curve.std() > 1
+
+
+@pytest.mark.parametrize('stage,config', [
+    ('det', 'configs/demo/atss_pvtv2-b0_fpn_demo.py'),
+    ('seg', 'configs/demo/fpn_pvtv2-b0_demo-seg.py')])
+def test_infer_tool_draws_predictions(demo_run, stage, config, tmp_path):
+    """Runner checkpoints (with HistoryBuffer logs) load into the mm inferencers."""
+    run = demo_run / 'run' / stage
+    checkpoint = (run / 'last_checkpoint').read_text().strip()
+    folder = 'coco/val' if stage == 'det' else 'ade/images/validation'
+    image = sorted((demo_run / 'data' / folder).glob('*.jpg'))[0]
+    paths = infer(image, ROOT / config, checkpoint, tmp_path, score_thr=0.0)
+    assert [p.name for p in paths] == [image.name]
+    drawn, original = _png(paths[0]), _png(image)
+    assert drawn.shape == original.shape
+    if stage == 'seg':  # every pixel gets a class colour
+        assert np.abs(drawn.astype(int) - original.astype(int)).mean() > 5
+    else:  # the boxes, labels and scores are saved too
+        preds = json.loads((tmp_path / 'preds' / f'{image.stem}.json').read_text())
+        assert set(preds) >= {'labels', 'scores', 'bboxes'}
+
+
+def test_demo_length_options_stretch_the_schedules():
+    """--det-epochs / --seg-iters move the LR decay's end with the loop (a longer demo run
+    decays to the end instead of idling at the minimum learning rate)."""
+    from pvt_mm.demo.pipeline import DET_CONFIG, SEG_CONFIG, _set_length
+    from pvt_mm.engine.runtime import read_config
+    for config, length, key in ((DET_CONFIG, 14, 'max_epochs'), (SEG_CONFIG, 900, 'max_iters')):
+        cfg = read_config(config)
+        old = cfg.train_cfg[key]
+        warmup_end = cfg.param_scheduler[0].end
+        _set_length(cfg, length)
+        assert cfg.train_cfg[key] == length
+        assert cfg.param_scheduler[-1].end == length != old
+        assert cfg.param_scheduler[0].end == warmup_end  # the warm-up keeps its length
