@@ -128,3 +128,22 @@ def test_bad_input_is_named() -> None:
         tool.main(['--arch', 'b7'])
     with pytest.raises(SystemExit, match='fp16 autocast is benchmarked on CUDA only'):
         tool.main(['--arch', 'b0', *TINY, '--mode', 'fp16'])
+
+
+def test_op_profile_counts_the_matmul_flops(capsys: pytest.CaptureFixture) -> None:
+    """tools/profile_ops.py: per-op self times (largest first) and the FLOPs of the matmuls
+    that ran (positive, and fewer than the model's, which also counts the convolutions)."""
+    from pvt_mm.analysis.flops import backbone_complexity
+    from pvt_mm.analysis.op_profile import profile_backbone
+    spec = importlib.util.spec_from_file_location('profile_tool', ROOT / 'tools' / 'profile_ops.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(['--arch', 'b0', '--shape', '64', '96', '--mode', 'fp32', 'bf16', '--top', '3'])
+    out = capsys.readouterr().out
+    assert out.count('matmuls: ') == 2 and 'mkldnn::_linear_pointwise' in out
+    prof = profile_backbone('b0', (64, 96))
+    assert prof.ops[0][1] >= prof.ops[-1][1] and prof.total_ms >= prof.matmul_ms > 0
+    flops = 2 * backbone_complexity('b0', (64, 96)).flops / 1e9
+    assert 0 < prof.matmul_gflop < flops
+    with pytest.raises(ValueError, match='mode'):
+        profile_backbone('b0', (64, 96), 'fp16')

@@ -14,7 +14,7 @@ from pvt_mm.models.backbones import ARCHS
 from pvt_mm.models.layers import SpatialReductionAttention
 from pvt_mm.models.layers.exec_path import (REFERENCE, TRACED, ExecKind, ExecPath,
                                             decide_exec_path)
-from pvt_mm.models.layers.fused import FUSED_AVAILABLE
+from pvt_mm.models.layers.fused import FUSED_AVAILABLE, OneDNNKernels
 
 FP32_TOL = 1e-4
 BF16_MIN_COSINE = 0.999  # per stage output, bf16 autocast vs fp32 reference (documented)
@@ -54,11 +54,15 @@ def test_fast_path_matches_reference_fp32_and_bf16(arch):
         assert cos >= BF16_MIN_COSINE, f'{arch}: stage cosine {cos:.5f}'
 
 
+@pytest.mark.parametrize('fold', [True, False])
 @pytest.mark.parametrize('arch', ['tiny', 'b0', 'b2_li'])
-def test_row_bands_with_halo_match_whole_maps(arch, monkeypatch):
+def test_row_bands_with_halo_match_whole_maps(arch, fold, monkeypatch):
     """Force several bands per MLP (down to one row each) so band edges and the depthwise
     conv's halo rows are exercised, and several query chunks per attention (down to one
-    query each); results equal the whole-map reference computation."""
+    query each), with ``q`` / ``proj`` folded into the keys and values in every stage and in
+    none (at test sizes the cost rule would fold everywhere); results equal the whole-map
+    reference computation."""
+    monkeypatch.setattr(SpatialReductionAttention, 'fold_is_cheaper', lambda self, m: fold)
     model = build(arch).eval()
     x = torch.randn(2, 3, 96, 136)
     ref = reference(model, x)
@@ -68,6 +72,42 @@ def test_row_bands_with_halo_match_whole_maps(arch, monkeypatch):
         monkeypatch.setattr(attn_module, 'INFER_SCORE_BYTES', 1 if band_bytes == 1 else 100 * 4)
         with torch.no_grad():
             torch.testing.assert_close(model(x), ref, rtol=FP32_TOL, atol=FP32_TOL)
+
+
+def test_fold_is_taken_where_it_costs_fewer_flops():
+    """At 800x1333 (1025 keys after the spatial reduction, 49 for li) the fold is cheaper
+    for one head and for li's 49 keys, dearer for PVT's multi-head stages."""
+    assert SpatialReductionAttention(64, 1, sr_ratio=8).fold_is_cheaper(1025)
+    assert not SpatialReductionAttention(128, 2, sr_ratio=4).fold_is_cheaper(1025)
+    assert not SpatialReductionAttention(512, 8, sr_ratio=1).fold_is_cheaper(1025)
+    for dim, heads in ((64, 1), (128, 2), (320, 5), (512, 8)):
+        assert SpatialReductionAttention(dim, heads, linear=True).fold_is_cheaper(49)
+
+
+@pytest.mark.parametrize('arch', ['small', 'b2_li'])
+def test_folded_attention_never_projects_the_tokens(arch, monkeypatch):
+    """Where the fold is taken, inference computes neither ``q(x)`` nor ``proj`` of the tokens
+    (the point of the fold), in fp32 and bf16, and still matches the reference."""
+    model = build(arch).eval()
+    x = torch.randn(1, 3, 64, 96)
+    ref = reference(model, x)
+    folded = {m.q for m in model.modules()
+              if isinstance(m, SpatialReductionAttention) and m.num_heads == 1 or
+              isinstance(m, SpatialReductionAttention) and m.pool is not None}
+    folded |= {m.proj for m in model.modules() if isinstance(m, SpatialReductionAttention)
+               and m.q in folded}
+    assert folded
+    called = []
+    linear = OneDNNKernels.linear
+    monkeypatch.setattr(OneDNNKernels, 'linear',
+                        lambda self, t, layer, act='none': called.append(layer) or
+                        linear(self, t, layer, act))
+    with torch.no_grad():
+        fast = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            model(x)
+    assert called and not folded & set(called)
+    torch.testing.assert_close(fast, ref, rtol=FP32_TOL, atol=FP32_TOL)
 
 
 def test_training_takes_the_autograd_path():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -118,33 +119,82 @@ class SpatialReductionAttention(nn.Module):
 
     def _forward_fast(self, x: Tensor, hw: HW, path: ExecPath) -> Tensor:
         """The oneDNN paths: fused linears; without autograd (and with the SDPA mode and no
-        attention dropout to apply) exact attention over chunks of queries."""
+        attention dropout to apply) exact attention over chunks of queries, with ``q`` and
+        ``proj`` folded into the keys and values where that costs fewer FLOPs."""
         kernels = path.kernels
         infer = path.kind is ExecKind.ONEDNN_INFER
         if infer and self.pool is None:
             x = x.to(path.dtype)  # q and the reduction (or kv) both read x: cast it once
-        q = kernels.linear(x, self.q)
+        chunked = infer and self._attn_mode == 'sdpa' and (self.attn_drop == 0
+                                                           or not self.training)
         kv = kernels.linear(self.reduce(x, hw), self.kv)
-        if infer and (self.attn_drop == 0 or not self.training) and self._attn_mode == 'sdpa':
-            out = self._attend_chunked(q, kv)
-        else:
-            out = self._attend(q, kv)
+        if chunked and (self.proj_drop.p == 0 or not self.training) \
+                and self.fold_is_cheaper(kv.shape[1]):
+            return self._attend_folded(x.to(path.dtype), kv)
+        q = kernels.linear(x, self.q)
+        out = self._attend_chunked(q, kv) if chunked else self._attend(q, kv)
         return self.proj_drop(kernels.linear(out, self.proj))
+
+    def fold_is_cheaper(self, m: int) -> bool:
+        """Per query token, folding costs ``heads * m * C`` multiply-adds for the scores (and
+        as many for the output) against ``C * C + m * C`` for ``q`` (``proj``) plus the
+        scores: cheaper when ``m * (heads - 1) < C``: one head, or the 49 keys of PVTv2-li."""
+        return m * (self.num_heads - 1) < self.num_heads * self.head_dim
 
     def _attend_chunked(self, q: Tensor, kv: Tensor) -> Tensor:
         """Inference fast path. q: (B, N, C) queries, kv: (B, M, 2C) keys|values ->
         (B, N, C) = softmax(q k^T * scale) v per head, over chunks of queries."""
         B, N, C = q.shape
-        M, d = kv.shape[1], self.head_dim
+        d = self.head_dim
         k = kv[..., :C] * self.scale  # fold the scale into the (few) keys
         out = q.new_empty(B, N, C)
-        rows = max(1, INFER_SCORE_BYTES // (M * q.element_size()))
         for b in range(B):
             for head in range(self.num_heads):
                 ch = slice(head * d, (head + 1) * d)
-                k_h = k[b, :, ch].contiguous()  # (M, d)
                 v_t = kv[b, :, C + head * d:C + (head + 1) * d].t().contiguous()  # (d, M)
-                for r0 in range(0, N, rows):
-                    scores = matmul_nt(q[b, r0:r0 + rows, ch], k_h).softmax(dim=-1)
-                    out[b, r0:r0 + rows, ch] = matmul_nt(scores, v_t)
+                chunked_attention(q[b, :, ch], k[b, :, ch].contiguous(), v_t, out[b, :, ch])
         return out
+
+    def _attend_folded(self, x: Tensor, kv: Tensor) -> Tensor:
+        """Inference fast path: ``q`` and ``proj`` folded into the (few) keys and values, so
+        the (N, C) x (C, C) projections of every token are not computed.
+        x: (B, N, C) tokens, kv: (B, M, 2C) -> (B, N, C) = proj(attention(q(x), k, v)).
+
+        With Wq_h (d, C) the rows of ``q.weight`` and Wp_h (C, d) the columns of
+        ``proj.weight`` of head h, and s the scale:
+        sum_h softmax((x Wq_h^T + bq_h) k_h^T s) v_h Wp_h^T + bp
+            = [softmax_h(x (s k_h Wq_h)^T + s k_h bq_h)]_h [v_h Wp_h^T]_h + bp,
+        one matmul for the scores of all heads side by side, one for the output (the folded
+        keys and values are computed in fp32)."""
+        B, N, C = x.shape
+        h, d = self.num_heads, self.head_dim
+        M = kv.shape[1]
+        out = x.new_empty(B, N, C)
+        wq = self.q.weight.float().view(h, d, C)
+        bq = None if self.q.bias is None else self.q.bias.float().view(h, d, 1)
+        wp_t = self.proj.weight.float().view(C, h, d).permute(1, 2, 0)  # (h, d, C)
+        bp = self.proj.bias.to(x.dtype)
+        for b in range(B):
+            kv_b = kv[b].float().view(M, 2, h, d).permute(1, 2, 0, 3)  # (2, h, M, d)
+            k, v = kv_b[0] * self.scale, kv_b[1]
+            k_fold = (k @ wq).reshape(h * M, C).to(x.dtype)
+            k_bias = None if bq is None else (k @ bq).reshape(h * M).to(x.dtype)
+            v_t = (v @ wp_t).reshape(h * M, C).t().to(x.dtype).contiguous()  # (C, h M)
+            chunked_attention(x[b], k_fold, v_t, out[b], k_bias, bp, heads=h)
+        return out
+
+
+def chunked_attention(q: Tensor, k: Tensor, v_t: Tensor, out: Tensor,
+                      k_bias: Tensor | None = None, v_bias: Tensor | None = None,
+                      heads: int = 1) -> None:
+    """``out`` (N, E) <- softmax(q k^T + k_bias) v + v_bias for q (N, d), k (M, d), v_t (E, M)
+    (v transposed), k_bias (M,), v_bias (E,); the M keys are ``heads`` groups side by side,
+    each with a softmax of its own. Through oneDNN matmuls over chunks of queries whose
+    (rows, M) score block stays near ``INFER_SCORE_BYTES``, the softmax in place."""
+    N, M = q.shape[0], k.shape[0]
+    rows = max(1, INFER_SCORE_BYTES // (M * q.element_size()))
+    for r0 in range(0, N, rows):
+        scores = matmul_nt(q[r0:r0 + rows], k, k_bias)
+        grouped = scores.view(scores.shape[0], heads, M // heads)
+        torch.softmax(grouped, -1, out=grouped)
+        out[r0:r0 + rows] = matmul_nt(scores, v_t, v_bias)

@@ -79,9 +79,10 @@ class _OneDNNLinear(torch.autograd.Function):
         return dx, dw, db
 
 
-def matmul_nt(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b.T`` for a (n, k), b (m, k) through oneDNN (fast-path dtypes, no autograd)."""
-    return _MKLDNN._linear_pointwise(a, b, None, 'none', [], '')
+def matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ b.T [+ bias]`` for a (n, k), b (m, k), bias (m,) through oneDNN (fast-path
+    dtypes, no autograd)."""
+    return _MKLDNN._linear_pointwise(a, b, bias, 'none', [], '')
 
 
 class OneDNNKernels(NamedTuple):
