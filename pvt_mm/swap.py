@@ -110,7 +110,8 @@ def load_config(config: str | os.PathLike) -> Config:
 
 def base_reference(config: str, out: Path) -> str:
     """``_base_`` for ``out``: a ``pkg::`` name as is (a package path where mmengine refuses
-    the name), a path relative to ``out``'s folder."""
+    the name: :func:`swap_backbone` writes those flat instead), a path relative to ``out``'s
+    folder."""
     if '::' in config:
         return _base_ref(config)
     path = Path(config)
@@ -257,9 +258,21 @@ def write_config(base_ref: str, overrides: Mapping[str, Any], out: Path, arch: s
 
 
 def swap_backbone(config: str, arch: str, out: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write ``out``: ``config`` (a path or ``pkg::name``) with a PVT ``arch`` backbone."""
+    """Write ``out``: ``config`` (a path or ``pkg::name``) with a PVT ``arch`` backbone.
+
+    A ``pkg::`` name mmengine's loader refuses (mmdet's ``gn+ws`` folder) cannot be inherited
+    by name, and its installed path does not move to another machine: the stock config is
+    written flat beside ``out`` (``<out>_stock.py``) and ``out`` inherits that."""
     out = Path(out)
-    base_ref = base_reference(config, out)
-    overrides = swap_overrides(load_config(config), arch, **kwargs)
+    stock = load_config(config)
+    overrides = swap_overrides(stock, arch, **kwargs)
+    if '::' in config and not _MMENGINE_PKG_NAME.match(config):
+        flat = out.with_name(f'{out.stem}_stock.py')
+        out.parent.mkdir(parents=True, exist_ok=True)
+        flat.write_text(f'# {config}, as loaded by mmengine (its name cannot be inherited)\n'
+                        + stock.pretty_text + '\n')
+        base_ref = f'./{flat.name}'
+    else:
+        base_ref = base_reference(config, out)
     write_config(base_ref, overrides, out, resolve_arch(arch))
     return out

@@ -20,6 +20,7 @@ from pvt_mm.models.backbones import PVT, PVTv2
 
 ROOT = Path(__file__).resolve().parents[1]
 ATSS = str(ROOT / 'configs' / 'demo' / 'atss_pvtv2-b0_fpn_demo.py')
+SEG = str(ROOT / 'configs' / 'demo' / 'fpn_pvtv2-b0_demo-seg.py')
 README_SECTION = '## Bad input and what you see'
 B0 = dict(arch='b0', drop_path_rate=0.)
 
@@ -53,6 +54,12 @@ def _missing_dataset(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('PVT_MM_DEMO_DATA', str(tmp_path / 'no_data'))
         cli.train_config(cli.parse_train_args([ATSS, '--work-dir', str(tmp_path / 'w')]))
+
+
+def _missing_seg_dataset(tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('PVT_MM_DEMO_DATA', str(tmp_path / 'no_data'))
+        cli.train_config(cli.parse_train_args([SEG, '--work-dir', str(tmp_path / 'w')]))
 
 
 def _cfg(**options):
@@ -145,6 +152,9 @@ ROWS = [
     ('dataset missing', _missing_dataset, FileNotFoundError,
      r"train_dataloader: the dataset's annotation file .*no_data/coco/annotations/"
      r'instances_train.json does not exist .*see README.md#data-preparation'),
+    ('ADE20K-style dataset missing (no ann_file)', _missing_seg_dataset, FileNotFoundError,
+     r"train_dataloader: the dataset's img_path folder .*no_data/ade/images/training does "
+     r"not exist \(data_root='.*no_data/ade/', data_prefix='images/training'\)"),
 ]
 
 

@@ -179,14 +179,25 @@ def test_refused_kinds_say_why(config, match):
 
 
 def test_names_the_mmdet_loader_refuses(tmp_path):
-    """``gn+ws`` is not a name mmengine's ``mmdet::`` loader accepts: loaded by path."""
+    """``gn+ws`` is not a name mmengine's ``mmdet::`` loader accepts: the stock config is
+    written flat beside the swapped one, which inherits it by a relative path (no installed
+    package path in either file: the pair moves to another machine)."""
     name = 'mmdet::gn+ws/faster-rcnn_r50_fpn_gn-ws-all_1x_coco.py'
     with pytest.raises(ValueError):  # mmengine itself
         Config.fromfile(str(_stub(tmp_path, name)))
     out = swap.swap_backbone(name, 'b0', tmp_path / 'gnws_b0.py', checkpoint=None)
-    assert '/.mim/configs/gn+ws/' in out.read_text()
-    cfg = Config.fromfile(str(out))
+    stock = tmp_path / 'gnws_b0_stock.py'
+    assert "_base_ = './gnws_b0_stock.py'" in out.read_text()
+    for text in (out.read_text(), stock.read_text()):
+        assert 'site-packages' not in text and '.mim' not in text
+    moved = tmp_path / 'elsewhere'
+    moved.mkdir()
+    for f in (out, stock):
+        (moved / f.name).write_text(f.read_text())
+    cfg = Config.fromfile(str(moved / out.name))
     assert cfg.model.neck.in_channels == B0 and cfg.model.neck.norm_cfg.type == 'GN'
+    expected = swap.swap_config(swap.load_config(name), 'b0', checkpoint=None)
+    assert cfg.model.to_dict() == expected.model.to_dict()
 
 
 @pytest.mark.parametrize('config', [

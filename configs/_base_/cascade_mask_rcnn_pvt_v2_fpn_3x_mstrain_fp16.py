@@ -46,7 +46,13 @@ train_pipeline = [
     {{_base_.ms_crop_resize}},
     dict(type='PackDetInputs')
 ]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+# Data: data/coco/ (README "Data preparation"), or $PVT_MM_DATA_ROOT/coco/ when that is set
+data_root = '{{$PVT_MM_DATA_ROOT:data}}/coco/'
+train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
 
 # "fp16": the official configs train under apex O1 (dynamic loss scale); mmengine's
 # AmpOptimWrapper is the mmdet 3.x equivalent (pvt_mm's tools run it as bfloat16 autocast on CPU)

@@ -20,3 +20,11 @@ model = dict(
 # 8 GPUs x 2 images (the b2 config overrides: 8 x 1, lr / 1.4)
 optim_wrapper = dict(optimizer=dict(lr=2.5e-5))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# Data: data/coco/ (README "Data preparation"), or $PVT_MM_DATA_ROOT/coco/ when that is set
+data_root = '{{$PVT_MM_DATA_ROOT:data}}/coco/'
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator

@@ -125,8 +125,9 @@ def check_data_config(cfg: Config | Mapping[str, Any], mode: str) -> None:
     """Raise FileNotFoundError (the missing path and a pointer to the README's data section)
     when a dataset the run will read lacks its annotation file or image folder.
 
-    ``mode``: ``'train'`` (train and, when configured, val loaders) or ``'test'``. Datasets
-    without an ``ann_file`` are not checked.
+    ``mode``: ``'train'`` (train and, when configured, val loaders) or ``'test'``. A dataset
+    without an ``ann_file`` (mmseg's ADE20K, folders of images and masks) has its
+    ``data_prefix`` folders checked.
     """
     if mode not in LOADERS:
         raise ValueError(f'mode must be one of {sorted(LOADERS)}, got {mode!r}')
@@ -138,12 +139,11 @@ def check_data_config(cfg: Config | Mapping[str, Any], mode: str) -> None:
             continue
         for ds in _datasets(spec.get('dataset')):
             ann = ds.get('ann_file')
-            if not ann or not isinstance(ann, str):
-                continue
             root = ds.get('data_root') or None
             prefixes = ds.get('data_prefix') or {}
-            targets = [('annotation file', ann)] + [
-                (f'{key} folder', p) for key, p in prefixes.items() if isinstance(p, str) and p]
+            targets = [('annotation file', ann)] if ann and isinstance(ann, str) else []
+            targets += [(f'{key} folder', p) for key, p in prefixes.items()
+                        if isinstance(p, str) and p]
             for what, rel in targets:
                 path = _local(root, rel)
                 if path is not None and not osp.exists(path):
