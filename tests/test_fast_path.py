@@ -91,11 +91,8 @@ def test_folded_attention_never_projects_the_tokens(arch, monkeypatch):
     model = build(arch).eval()
     x = torch.randn(1, 3, 64, 96)
     ref = reference(model, x)
-    folded = {m.q for m in model.modules()
-              if isinstance(m, SpatialReductionAttention) and m.num_heads == 1 or
-              isinstance(m, SpatialReductionAttention) and m.pool is not None}
-    folded |= {m.proj for m in model.modules() if isinstance(m, SpatialReductionAttention)
-               and m.q in folded}
+    folded = {layer for m in model.modules() if isinstance(m, SpatialReductionAttention)
+              and (m.num_heads == 1 or m.pool is not None) for layer in (m.q, m.proj)}
     assert folded
     called = []
     linear = OneDNNKernels.linear
