@@ -2,11 +2,20 @@
 
 ``import pvt_mm`` (or ``custom_imports = dict(imports=['pvt_mm'])`` in a config) registers
 ``PVT``, ``PVTv2`` and the official class names in mmengine's root ``MODELS`` registry, which
-mmdet's and mmseg's registries fall back to.
+mmdet's and mmseg's registries fall back to, and routes mmengine's local checkpoint loads
+(``load_checkpoint``: mmdet's / mmseg's inferencers and ``init_detector`` / ``init_model``)
+through the safe reader :func:`pvt_mm.checkpoint.read_checkpoint`.
 """
-from . import engine  # noqa: F401  registers DropPathWarmupHook in mmengine's HOOKS
-from .convert import CheckpointError, convert_pvt_checkpoint
-from .models import PVT, PVTv2
-from .version import __version__
+from ._compat import guard_mmpretrain_multimodal
+
+guard_mmpretrain_multimodal()  # before anything imports mmdet's models (and mmpretrain's)
+
+from . import engine  # noqa: E402,F401  registers DropPathWarmupHook in mmengine's HOOKS
+from .checkpoint import use_safe_mmengine_loader  # noqa: E402
+from .convert import CheckpointError, convert_pvt_checkpoint  # noqa: E402
+from .models import PVT, PVTv2  # noqa: E402
+from .version import __version__  # noqa: E402
+
+use_safe_mmengine_loader()  # mmengine's load_checkpoint reads local files through pvt_mm
 
 __all__ = ['PVT', 'PVTv2', 'CheckpointError', 'convert_pvt_checkpoint', '__version__']

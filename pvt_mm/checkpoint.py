@@ -1,9 +1,12 @@
 """Offline, safe and strict loading of pretrained PVT weights, and atomic checkpoint writes.
 
 Every checkpoint is read by :func:`read_checkpoint`: the format is detected from the file's
-content (torch zip, legacy torch pickle, ``.safetensors``); pickles go through
-``torch.load(weights_only=True)``, with the few non-tensor globals of mmengine Runner
-checkpoints allowed only for the duration of that one load (:func:`runner_checkpoint_globals`).
+content (torch zip, legacy torch pickle, ``.safetensors``), damage is caught first
+(:mod:`pvt_mm.integrity`), and pickles go through ``torch.load(weights_only=True)`` with
+plain-data stand-ins for the non-tensor globals of mmengine Runner checkpoints, allowed only for
+the duration of that one load (:func:`runner_checkpoint_globals`, :mod:`pvt_mm.safe_pickle`).
+``import pvt_mm`` routes mmengine's own local-file loader through it
+(:func:`use_safe_mmengine_loader`).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -23,21 +27,19 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .convert import CheckpointError, _listing, convert_pvt_checkpoint
-from .models.backbones.pretrained import fit_state_dict
+from .convert import CheckpointError, _listing
+from .integrity import (check_name_hash, check_safetensors_digest, check_zip_records,
+                        file_sha256, safetensors_bytes)
+from .safe_pickle import checkpoint_globals, materialize
 
-__all__ = ['resolve_checkpoint', 'read_checkpoint', 'write_checkpoint', 'load_pretrained',
-           'check_state_dict', 'state_dict_problems', 'runner_checkpoint_globals']
+__all__ = ['resolve_checkpoint', 'read_checkpoint', 'write_checkpoint', 'check_state_dict',
+           'state_dict_problems', 'runner_checkpoint_globals', 'remove_stale_temp_files',
+           'use_safe_mmengine_loader', 'publish_checkpoint']
 
 REMOTE_SCHEMES = ('http', 'https')
 FORMATS = ('torch', 'safetensors')
 ZIP_MAGIC = b'PK\x03\x04'
 PICKLE_PROTO = 0x80  # first byte of a (legacy torch.save) pickle of protocol >= 2
-# mmengine's HistoryBuffer pickles its default statistic methods (HistoryBuffer.mean, ...)
-# as getattr(HistoryBuffer, 'mean') (pickle protocol 2 cannot name nested functions)
-HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
-# HistoryBuffers keep logged values as float64 arrays and their counts as int64 ones
-NUMPY_LOG_DTYPES = (np.float64, np.int64, np.float32, np.int32, np.bool_)
 
 
 def hub_checkpoint_dir() -> Path:
@@ -47,6 +49,7 @@ def hub_checkpoint_dir() -> Path:
 
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
     """A local path, or a release URL / bare file name looked up in the torch hub cache.
+    A local folder (transformers ``save_pretrained`` / hub snapshot) gives its weights file.
 
     Nothing is downloaded: a missing file raises FileNotFoundError saying where to put it.
     """
@@ -57,6 +60,9 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
                                 'give a local path or a http(s) release URL')
     name = Path(urlparse(text).path).name if scheme in REMOTE_SCHEMES else Path(text).name
     candidates = [] if scheme in REMOTE_SCHEMES else [Path(text).expanduser()]
+    if candidates and candidates[0].is_dir():
+        from .convert_hf import folder_weights  # or an error saying which files are missing
+        return folder_weights(candidates[0])
     candidates.append(hub_checkpoint_dir() / name)
     for path in candidates:
         if path.is_file():
@@ -69,58 +75,21 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
 
 
 # ---- the scoped allow-list for mmengine Runner checkpoints --------------------------------
-def _history_buffer_method(obj: Any, name: str) -> Any:
-    """Stands in for ``builtins.getattr`` while a Runner checkpoint is unpickled: resolves
-    only ``HistoryBuffer.<min|max|current|mean>`` and refuses everything else (the
-    ``getattr(getattr, '__self__')`` route to ``eval``, any other object or attribute)."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-    if obj is HistoryBuffer and name in HISTORY_BUFFER_METHODS:
-        return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(
-        f'Unsupported global: getattr({_short_repr(obj)}, {name!r}) is refused; a checkpoint '
-        f'may only reference HistoryBuffer.{"/".join(HISTORY_BUFFER_METHODS)} this way')
-
-
-def _short_repr(obj: Any) -> str:
-    text = repr(obj)
-    return text if len(text) <= 60 else text[:57] + '...'
-
-
-def _runner_globals() -> list[Any]:
-    """The non-tensor globals in mmengine Runner checkpoints (found with
-    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on detection and segmentation,
-    epoch- and iteration-based runs): the message hub's ``HistoryBuffer`` (numpy arrays and
-    scalars inside, numpy dtypes rebuilt through their classes) and its statistic methods,
-    reached through the restricted ``getattr`` stand-in."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-    multiarray = (getattr(np, '_core', None) or np.core).multiarray  # numpy 2 renamed core
-    dtype_classes = [type(np.dtype(t)) for t in NUMPY_LOG_DTYPES]
-    return [HistoryBuffer, (_history_buffer_method, 'builtins.getattr'),
-            multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
-
-
 @contextlib.contextmanager
 def runner_checkpoint_globals() -> Iterator[None]:
-    """Allow exactly the globals of mmengine Runner checkpoints in ``torch.load(weights_only=
-    True)`` inside this block only; torch's allow-list is left as it was found."""
-    present = set(torch.serialization.get_safe_globals())
-    added = [g for g in _runner_globals() if g not in present]
-    # the real getattr, if someone allow-listed it process-wide, would clash with the
-    # stand-in's name: it is set aside during this load (and restored after)
-    shadowed = [g for g in present if g is getattr]
-    if shadowed:
+    """Inside this block ``torch.load(weights_only=True)`` accepts exactly the plain-data
+    stand-ins of :mod:`pvt_mm.safe_pickle` for the globals of mmengine Runner checkpoints
+    (``HistoryBuffer``, numpy arrays / scalars / dtypes, ``getattr(HistoryBuffer, 'mean')``);
+    torch's allow-list is restored as it was found. What ``torch.load`` returns inside holds
+    stand-ins: pass it through :func:`pvt_mm.safe_pickle.materialize` (as
+    :func:`read_checkpoint` does)."""
+    present = torch.serialization.get_safe_globals()
+    if any(g is getattr or (isinstance(g, tuple) and g[0] is getattr) for g in present):
         print_log('builtins.getattr is allow-listed process-wide for torch.load(weights_only='
                   'True), which lets a checkpoint run code; pvt_mm ignores it for its loads',
                   logger='current', level=logging.WARNING)
-    if shadowed:
-        torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals([g for g in present if g is not getattr])
-    try:
-        with torch.serialization.safe_globals(added):
-            yield
-    finally:
-        if shadowed:
-            torch.serialization.add_safe_globals(shadowed)
+    with checkpoint_globals():
+        yield
 
 
 # ---- reading --------------------------------------------------------------------------
@@ -146,9 +115,10 @@ def _describe(head: bytes, size: int) -> str:
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> Any:
     """Read a checkpoint safely: torch zip or legacy pickle through ``torch.load(weights_only=
-    True)`` (mmengine Runner checkpoints included, see :func:`runner_checkpoint_globals`), or a
-    ``.safetensors`` file, told apart by content. Any failure raises :class:`CheckpointError`
-    naming the file and what was found in it."""
+    True)`` with plain-data stand-ins for mmengine's Runner globals (see
+    :func:`runner_checkpoint_globals`), or a ``.safetensors`` file, told apart by content.
+    Damage is caught first (zip CRC-32s, pvt_mm's safetensors digest, a ``-<sha256>`` name
+    suffix). Any failure raises :class:`CheckpointError` naming the file and what was found."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f'{path} is a directory, not a checkpoint file')
@@ -161,29 +131,39 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> Any:
     if size == 0:
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint: the file is empty '
                               '(0 bytes; an interrupted download or copy?)')
-    if _is_safetensors(head, size):
-        return _read_safetensors(path, map_location)
-    if head[:4] == ZIP_MAGIC:
-        kind = f'a torch zip checkpoint of {size} bytes'
-    elif head[0] == PICKLE_PROTO:
-        kind = f'a pickle of {size} bytes'
-    else:
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint: found '
-                              f'{_describe(head, size)}')
+    kind = f'a file of {size} bytes'
     try:
+        check_name_hash(path)
+        if _is_safetensors(head, size):
+            check_safetensors_digest(path)
+            return _read_safetensors(path, map_location)
+        if head[:4] == ZIP_MAGIC:
+            kind = f'a torch zip checkpoint of {size} bytes'
+            check_zip_records(path)
+        elif head[0] == PICKLE_PROTO:
+            kind = f'a pickle of {size} bytes'
+        else:
+            raise CheckpointError(f'{path} is not a readable PyTorch checkpoint: found '
+                                  f'{_describe(head, size)}')
         with runner_checkpoint_globals():
-            return torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return materialize(checkpoint)
+    except CheckpointError as e:
+        raise e if str(path) in str(e) else CheckpointError(f'{path}: {e}') from None
     except pickle.UnpicklingError as e:
         detail = _first_line(e)
-        if any(w in detail for w in ('GLOBAL', 'Unsupported global', 'unrecognized function')):
+        if any(w in detail for w in ('GLOBAL', 'Unsupported global', 'unrecognized function',
+                                     'refused', 'Can only')):
             raise CheckpointError(
                 f'{path} references Python objects other than tensors and plain containers and '
                 f'is not loaded (torch.load weights_only=True): {detail}') from None
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({kind}, corrupt, '
                               f'truncated, or not written by torch.save): {detail}') from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, OSError) as e:
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({kind}; corrupt or '
-                              f'truncated?): {type(e).__name__}: {_first_line(e)}') from None
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: B036  whatever a crafted file provokes is named
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint (corrupt, truncated '
+                              f'or crafted): {type(e).__name__}: {_first_line(e)}') from None
 
 
 def _read_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
@@ -197,11 +177,21 @@ def _read_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
                               f'corrupt?): {e}') from None
 
 
+UNPICKLER_PREFIX = 'WeightsUnpickler error:'
+
+
 def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    """The line of torch's message that says what was found (never its advice to load
+    with ``weights_only=False``)."""
+    text = str(e)
+    if UNPICKLER_PREFIX in text:  # torch's wrapper: the unpickler's own words follow
+        text = text.split(UNPICKLER_PREFIX, 1)[1]
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.startswith('Check the documentation')]
     detail = [ln for ln in lines if 'GLOBAL' in ln or 'Unsupported' in ln
-              or 'unrecognized function' in ln]
-    return (detail or lines or [type(e).__name__])[0].strip()
+              or 'unrecognized function' in ln or 'refused' in ln]
+    lines = [ln for ln in lines if 'weights_only' not in ln]
+    return (detail or lines or [type(e).__name__])[0]
 
 
 # ---- writing --------------------------------------------------------------------------
@@ -221,6 +211,24 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# atomic_path's temporary files: '.<target name>.<mkstemp's 8 characters>.tmp'
+TEMP_NAME = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``directory`` when its writer
+    was killed part-way (call it where no save of this process is under way); returns them."""
+    folder = Path(directory)
+    stale = [p for p in folder.iterdir() if TEMP_NAME.match(p.name) and p.is_file()] \
+        if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        print_log(f'removed {len(stale)} incomplete checkpoint file(s) of an interrupted save: '
+                  f'{", ".join(p.name for p in stale)}', logger='current')
+    return stale
 
 
 @contextlib.contextmanager
@@ -247,19 +255,20 @@ def atomic_path(dst: str | os.PathLike) -> Iterator[Path]:
     _fsync_dir(dst.parent)
 
 
-def write_checkpoint(obj: Mapping[str, Any], dst: str | os.PathLike, fmt: str | None = None
-                     ) -> Path:
+def write_checkpoint(obj: Mapping[str, Any], dst: str | os.PathLike, fmt: str | None = None,
+                     metadata: dict[str, str] | None = None) -> Path:
     """Write ``obj`` atomically (:func:`atomic_path`) with ``torch.save`` or, for the
-    safetensors format (a flat ``{name: tensor}`` dict), ``safetensors.torch.save_file``."""
+    safetensors format (a flat ``{name: tensor}`` dict), as safetensors with the SHA-256 of
+    its data and ``metadata`` in its header (:func:`pvt_mm.integrity.safetensors_bytes`)."""
     fmt = checkpoint_format(dst, fmt)
     with atomic_path(dst) as tmp:
         if fmt == 'safetensors':
-            from safetensors.torch import save_file
             bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
             if bad:
                 raise CheckpointError(f'safetensors holds tensors only; not tensors: '
                                       f'{_listing(bad)}')
-            save_file({k: v.contiguous() for k, v in obj.items()}, str(tmp))
+            tmp.write_bytes(safetensors_bytes({k: v.contiguous() for k, v in obj.items()},
+                                              metadata))
         else:
             torch.save(obj, tmp)
     return Path(dst)
@@ -304,17 +313,64 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor],
                               + '; '.join(problems))
 
 
-def load_pretrained(model: nn.Module, source: str | os.PathLike, prefix: str | None = None
-                    ) -> None:
-    """Resolve, read safely, convert and load ``source`` into ``model`` with ``strict=True``."""
-    path = resolve_checkpoint(source)
-    if prefix and not prefix.endswith('.'):
-        prefix += '.'  # as mmengine's Pretrained init: 'backbone' means 'backbone.'
+# ---- mmengine's own loaders ------------------------------------------------------------
+def load_local_checkpoint(filename: str, map_location: Any = None) -> Any:
+    """mmengine's local-file checkpoint loader (``CheckpointLoader`` scheme ``''``), reading
+    through :func:`read_checkpoint`."""
+    filename = os.path.expanduser(filename)
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return read_checkpoint(filename, map_location='cpu' if map_location is None
+                           else map_location)
+
+
+def use_safe_mmengine_loader() -> None:
+    """Route every local checkpoint load of mmengine's ``load_checkpoint`` (mmdet's
+    ``DetInferencer`` / ``init_detector``, mmseg's ``MMSegInferencer`` / ``init_model``, a
+    plain ``Runner``) through :func:`read_checkpoint`: Runner checkpoints (ours and
+    OpenMMLab's, with their ``HistoryBuffer`` logs) load with ``weights_only=True`` and the
+    plain-data stand-ins, and nothing is added to torch's allow-list. Called by
+    ``import pvt_mm``; idempotent."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+
+
+# ---- publishing ------------------------------------------------------------------------
+PUBLISHED_KEYS = ('meta', 'state_dict')
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays / scalars as lists / numbers and containers as dicts, lists
+    and tuples, so ``torch.load(weights_only=True)`` reads it with no allow-list; raises
+    CheckpointError on any other object."""
+    if isinstance(obj, (torch.Tensor, str, bytes, int, float, bool, type(None))):
+        return obj
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    if isinstance(obj, Mapping):
+        return {plain(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    raise CheckpointError(f'a {type(obj).__name__} is not plain data')
+
+
+def publish_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """mmdet's ``publish_model``, safely: ``src``'s ``meta`` (as plain data) and
+    ``state_dict`` only (no optimizer, message hub or schedulers), written to ``dst`` with
+    the first 8 hex digits of its sha256 added to the name (``NAME-1a2b3c4d.pth``), which
+    :func:`read_checkpoint` checks. Returns the published path."""
+    checkpoint = read_checkpoint(src)
+    if not isinstance(checkpoint, Mapping) or 'state_dict' not in checkpoint:
+        raise CheckpointError(f'{src} has no state_dict: not a training checkpoint')
+    dst = Path(dst)
+    stem = dst.name[:-len('.pth')] if dst.name.endswith('.pth') else dst.name
     try:
-        state_dict = convert_pvt_checkpoint(read_checkpoint(path), prefix=prefix)
+        published = {'meta': plain(checkpoint.get('meta', {})),
+                     'state_dict': dict(checkpoint['state_dict'])}
     except CheckpointError as e:
-        raise e if str(path) in str(e) else CheckpointError(f'{path}: {e}') from None
-    state_dict = fit_state_dict(model, state_dict)  # in_channels != 3, stages not built
-    check_state_dict(model, state_dict, source=path)
-    model.load_state_dict(state_dict, strict=True)
-    print_log(f'loaded pretrained {type(model).__name__} weights from {path}', logger='current')
+        raise CheckpointError(f'{src}: its meta holds {e}') from None
+    tmp = write_checkpoint(published, dst.with_name(f'.{stem}.unhashed.pth'))
+    final = dst.with_name(f'{stem}-{file_sha256(tmp)[:8]}.pth')
+    os.replace(tmp, final)
+    print_log(f'published {final} ({", ".join(PUBLISHED_KEYS)} of {src})', logger='current')
+    return final

@@ -7,6 +7,8 @@ prefix is dropped; from a whole detector/segmentor only the ``backbone.`` keys a
 * mmdet's ``pvt_convert`` layout (``layers.0.0.projection``, ``layers.0.1.1.attn.attn.in_proj_weight``,
   ``ffn.layers.0`` as 1x1 convs, ``layers.0.2``);
 * timm ``pvt_v2`` (``patch_embed``/``stages.0.downsample``, ``mlp.dwconv``);
+* Hugging Face transformers' ``PvtModel`` / ``PvtV2Model`` and their classifiers / backbone
+  (``encoder.layers.0.blocks.0.attention.query``; :mod:`pvt_mm.convert_hf`);
 * pvt_mm itself (so the conversion is idempotent).
 
 The classifier ``head``, ``cls_token`` (and pvt_mm's timm classifier's ``cls_pos_embed``) and final
@@ -147,6 +149,9 @@ def convert_pvt_checkpoint(checkpoint: Mapping[str, Any], prefix: str | None = N
             that two inputs would both map to.
     """
     sd = unwrap_state_dict(checkpoint, prefix)
+    from .convert_hf import from_transformers, transformers_layout  # it imports this module
+    if transformers_layout(sd) is not None:
+        sd = from_transformers(sd)
     ctx = Context(set(sd))
     out: dict[str, Tensor] = {}
     unplaced, clashes, not_tensors = [], [], []

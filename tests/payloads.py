@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from pvt_mm.checkpoint import read_checkpoint
 
 
 class _Exec:
@@ -66,6 +65,7 @@ def plain_payload(path: Path, marker: Path) -> Path:
 def hide_gadget(real: Path, path: Path, marker: Path) -> Path:
     """``real`` (a checkpoint written by the tools) re-saved with its first backbone tensor
     replaced by the gadget (which rebuilds a zero tensor of the same shape)."""
+    from pvt_mm.checkpoint import read_checkpoint
     checkpoint = read_checkpoint(real)
     sd = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
     key = next(k for k in sd if k.startswith('backbone.'))
@@ -73,6 +73,18 @@ def hide_gadget(real: Path, path: Path, marker: Path) -> Path:
     sd[key] = _Gadget(f"{_touch(marker)} or __import__('torch').zeros({shape})")
     torch.save(checkpoint, path)
     return path
+
+
+def OLD_ALLOW_LIST() -> list:  # noqa: N802  (a constant, built lazily)
+    """The allow-list pvt_mm used before the stand-ins (sessions 4-5), i.e. the protection
+    removed: the real ``HistoryBuffer``, numpy's reconstruct / scalar / ndarray / dtype and
+    dtype classes, and the real ``getattr``."""
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+    multiarray = (getattr(np, '_core', None) or np.core).multiarray
+    dtype_classes = [type(np.dtype(t)) for t in ('f8', 'f4', 'i8', 'i4', 'b1')]
+    return [HistoryBuffer, getattr, multiarray._reconstruct, multiarray.scalar, np.ndarray,
+            np.dtype, *dtype_classes]
 
 
 def run_options(**extra: Any) -> list[str]:
@@ -90,3 +102,58 @@ def run_options(**extra: Any) -> list[str]:
 
 def state_dict_of(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
     return checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
+
+
+# ---- round 2 (issue 17): files made only of allow-listed names -------------------------------
+class _Reduce:
+    """Pickles as ``fn(*args)`` (then a BUILD with ``state`` when given)."""
+
+    def __init__(self, fn: Any, args: tuple, state: Any = None) -> None:
+        self.fn, self.args, self.state = fn, args, state
+
+    def __reduce__(self):
+        return (self.fn, self.args) if self.state is None else (self.fn, self.args, self.state)
+
+
+def forged_object_array(pointer: int, wrap_in_set: bool = True) -> _Reduce:
+    """numpy's dtype / ndarray and ``set`` only: an object dtype made without a BUILD, a
+    float64 dtype copy BUILT with a state that gives it that object dtype as a sub-array
+    while it claims to hold no objects, and an array of it over 8 file bytes, which numpy
+    then reads as a ``PyObject*`` (``pointer``); ``set()`` of it dereferences it."""
+    import numpy as np
+    objects = _Reduce(np.dtype, ('O8', False, True))
+    forged = _Reduce(np.dtype, ('f8', False, True),
+                     (3, '|', (objects, (1,)), None, None, 8, 1, 0))
+    array = _Reduce(np.ndarray, ((), forged, pointer.to_bytes(8, 'little')))
+    return _Reduce(set, (array,)) if wrap_in_set else array
+
+
+class _HistoryBufferRecord(_Reduce):
+    """Pickled as a ``HistoryBuffer`` (pickle checks ``__newobj__``'s class)."""
+
+    @property
+    def __class__(self):  # noqa: D105
+        from mmengine.logging.history_buffer import HistoryBuffer
+        return HistoryBuffer
+
+
+def history_buffer(state: Any) -> _Reduce:
+    """A ``HistoryBuffer`` record (NEWOBJ + BUILD) with the given state."""
+    import copyreg
+
+    from mmengine.logging.history_buffer import HistoryBuffer
+    return _HistoryBufferRecord(copyreg.__newobj__, (HistoryBuffer,), state)
+
+
+def history_buffer_method(*args: Any) -> _Reduce:
+    """``getattr(*args)``, e.g. ``(HistoryBuffer, 'max')`` or a three-argument call."""
+    return _Reduce(getattr, args)
+
+
+def plant(real: Path, path: Path, **meta: Any) -> Path:
+    """``real`` (a checkpoint written by the tools) re-saved with ``meta`` entries added."""
+    from pvt_mm.checkpoint import read_checkpoint
+    checkpoint = read_checkpoint(real)
+    checkpoint['meta'].update(meta)
+    torch.save(checkpoint, path)
+    return path

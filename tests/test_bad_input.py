@@ -88,6 +88,9 @@ ROWS = [
      r'out_indices must be a sequence of integer stage indices in 0..3, got \(1.0,\)'),
     ('out_indices=(0, 4)', lambda _: PVTv2(out_indices=(0, 4), **B0), ValueError,
      'out_indices entry 4 is outside 0..3'),
+    ('out_indices=(3, 1)', lambda _: PVTv2(out_indices=(3, 1), **B0), ValueError,
+     r'out_indices must list stages in increasing order \(the maps are returned from stage 1 '
+     r'to 4\), got \(3, 1\): use \(1, 3\)'),
     ('attn_drop_rate=-0.1', lambda _: PVTv2(attn_drop_rate=-0.1, **B0), ValueError,
      r'attn_drop_rate must be in \[0, 1\), got -0.1'),
     ('drop_rate=1.0', lambda _: PVTv2(drop_rate=1.0, **B0), ValueError,

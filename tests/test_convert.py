@@ -11,7 +11,8 @@ import torch
 from helpers import build, official_state_dict
 from mmdet.models.backbones.pvt import pvt_convert
 
-from pvt_mm.checkpoint import load_pretrained, read_checkpoint, resolve_checkpoint
+from pvt_mm.checkpoint import read_checkpoint, resolve_checkpoint
+from pvt_mm.models.backbones.pretrained import load_pretrained
 from pvt_mm.convert import CheckpointError, convert_pvt_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import MODELS
 
-from payloads import hide_gadget, plain_payload, run_options
-from pvt_mm.checkpoint import _runner_globals, read_checkpoint, runner_checkpoint_globals
+from payloads import OLD_ALLOW_LIST, hide_gadget, plain_payload, run_options
+from pvt_mm.checkpoint import read_checkpoint
 from pvt_mm.convert import CheckpointError
 from pvt_mm.demo import DemoDataSpec, make_demo_data
 from pvt_mm.demo.pipeline import DATA_ENV
@@ -103,8 +103,7 @@ def test_payloads_are_live_without_the_protection(hostile):
     runs and the file loads normally; the plain payload runs with ``weights_only=False``."""
     path, marker = hostile
     if 'gadget' in path.name:
-        old_allow_list = [getattr if isinstance(g, tuple) else g for g in _runner_globals()]
-        with torch.serialization.safe_globals(old_allow_list):
+        with torch.serialization.safe_globals(OLD_ALLOW_LIST()):
             checkpoint = torch.load(path, weights_only=True)
         assert checkpoint['meta']['epoch'] == 1
     else:
@@ -113,16 +112,14 @@ def test_payloads_are_live_without_the_protection(hostile):
 
 
 def test_the_getattr_stand_in_resolves_only_history_buffer_methods():
-    with runner_checkpoint_globals():
-        stand_in = {str(name): fn for fn, name in (
-            g for g in torch.serialization.get_safe_globals() if isinstance(g, tuple))}
-    resolve = stand_in['builtins.getattr']
-    assert resolve is not getattr
-    assert resolve(HistoryBuffer, 'mean') is HistoryBuffer.mean
-    for obj, name in ((getattr, '__self__'), (HistoryBuffer, '__init__'),
-                      (HistoryBuffer, 'register_statistics'), (torch, 'load')):
+    from pvt_mm.safe_pickle import _getattr, _HistoryBuffer, stand_ins
+    assert dict((name, fn) for fn, name in stand_ins())['builtins.getattr'] is _getattr
+    assert _getattr(_HistoryBuffer, 'mean').name == 'mean'
+    for args in ((getattr, '__self__'), (_HistoryBuffer, '__init__'), (HistoryBuffer, 'mean'),
+                 (_HistoryBuffer, 'register_statistics'), (torch, 'load'),
+                 (_HistoryBuffer, 'mean', None), (_HistoryBuffer,)):
         with pytest.raises(pickle.UnpicklingError, match='refused'):
-            resolve(obj, name)
+            _getattr(*args)
     assert not any(isinstance(g, tuple) for g in torch.serialization.get_safe_globals())
 
 
@@ -159,9 +156,8 @@ def test_the_matrix_fails_without_the_protection(real_checkpoint, tmp_path, monk
     """Meta-check: with the old allow-list (the real ``getattr`` instead of the stand-in)
     restored in pvt_mm's reader, the gadget runs through ``load_from`` and the backbone's
     ``init_cfg`` and both load without an error: test_payload_never_runs would fail."""
-    import pvt_mm.checkpoint as ckpt
-    old = [getattr if isinstance(g, tuple) else g for g in ckpt._runner_globals()]
-    monkeypatch.setattr(ckpt, '_runner_globals', lambda: old)
+    import pvt_mm.safe_pickle as safe_pickle
+    monkeypatch.setattr(safe_pickle, 'stand_ins', OLD_ALLOW_LIST)
     for load in (_backbone_init_cfg, _load_from):
         marker = tmp_path / f'{load.__name__}_ran'
         path = hide_gadget(real_checkpoint, tmp_path / f'{load.__name__}.pth', marker)

@@ -15,7 +15,7 @@ from helpers import official_state_dict
 from PIL import Image
 
 import pvt_mm  # noqa: F401  registers the models
-from pvt_mm.checkpoint import load_pretrained
+from pvt_mm.models.backbones.pretrained import load_pretrained
 from pvt_mm.convert import CheckpointError
 from pvt_mm.models.backbones import ARCHS, PVT
 from pvt_mm.models.classifier import TIMM_NAMES, PVTClassifier, checkpoint_filter_fn

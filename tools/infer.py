@@ -2,6 +2,10 @@
 through mmdet's DetInferencer / mmseg's MMSegInferencer (the config's default_scope picks).
 
     python tools/infer.py IMAGE_OR_DIR CONFIG CHECKPOINT --out-dir DIR [--score-thr 0.3]
+    python tools/infer.py IMAGE_OR_DIR MODEL.onnx --runtime onnxruntime|openvino --out-dir DIR
+
+An end-to-end .onnx (tools/export_onnx.py --end2end) needs no config nor PyTorch model: it
+writes the same files through pvt_mm.deploy.infer.infer_onnx.
 
 Writes DIR/vis/<image name> (and, for detection, DIR/preds/<image>.json).
 """
@@ -11,6 +15,7 @@ import pvt_mm._quiet  # noqa: F401  first: drops the pkg_resources deprecation n
 
 import argparse
 
+from pvt_mm.convert import CheckpointError
 from pvt_mm.visualization.inference import infer
 
 
@@ -18,22 +23,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('inputs', help='an image file or a folder of images')
-    p.add_argument('config', help='mmdet or mmseg config')
-    p.add_argument('checkpoint', help='checkpoint (e.g. from tools/train.py)')
+    p.add_argument('config', help='mmdet or mmseg config, or an end-to-end MODEL.onnx')
+    p.add_argument('checkpoint', nargs='?', help='checkpoint (e.g. from tools/train.py); '
+                                                 'not with a .onnx')
+    p.add_argument('--runtime', choices=('onnxruntime', 'openvino'), default='onnxruntime',
+                   help='runtime for a .onnx model')
     p.add_argument('--out-dir', required=True, help='output folder')
     p.add_argument('--score-thr', type=float, default=0.3, help='detection: boxes drawn')
     p.add_argument('--device', default='cpu')
     p.add_argument('--batch-size', type=int, default=1)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.checkpoint is None) != args.config.endswith('.onnx'):
+        p.error('give CONFIG CHECKPOINT, or one end-to-end MODEL.onnx')
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        paths = infer(args.inputs, args.config, args.checkpoint, args.out_dir, args.score_thr,
-                      args.device, args.batch_size)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(str(e)) from None
+        if args.config.endswith('.onnx'):
+            from pvt_mm.deploy.infer import infer_onnx
+            paths = infer_onnx(args.inputs, args.config, args.out_dir, args.runtime,
+                               args.score_thr)
+        else:
+            paths = infer(args.inputs, args.config, args.checkpoint, args.out_dir, args.score_thr,
+                          args.device, args.batch_size)
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
+        raise SystemExit(f'{type(e).__name__}: {e}') from None
     for path in paths:
         print(path)
 

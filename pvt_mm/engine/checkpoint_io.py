@@ -37,10 +37,13 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
 from ..checkpoint import (CheckpointError, atomic_path, model_name, read_checkpoint,
-                          runner_checkpoint_globals, state_dict_problems)
+                          remove_stale_temp_files, runner_checkpoint_globals,
+                          state_dict_problems)
+from ..safe_pickle import materialize
 
 __all__ = ['AtomicCheckpointHook', 'harden_runner', 'use_atomic_checkpoint_hook',
-           'read_runner_checkpoint', 'check_checkpoint_file', 'STRICT_KEY']
+           'read_runner_checkpoint', 'check_checkpoint_file', 'check_model_checkpoint',
+           'latest_checkpoint', 'STRICT_KEY']
 
 STRICT_KEY = 'load_from_strict'  # config key: False allows intentional partial loads
 STOCK_HOOK = 'CheckpointHook'
@@ -58,12 +61,37 @@ def check_checkpoint_file(path: str | os.PathLike, what: str) -> None:
         raise FileNotFoundError(f'{what} not found: {text}')
 
 
+LAST_CHECKPOINT = 'last_checkpoint'
+
+
+def latest_checkpoint(work_dir: str | os.PathLike) -> str | None:
+    """The checkpoint ``work_dir/last_checkpoint`` names, or None: a relative name (what
+    :class:`AtomicCheckpointHook` writes) is taken relative to the work dir; an absolute one
+    (stock mmengine) that no longer exists, because the work dir was copied or moved, is
+    looked for under the same name in the work dir."""
+    marker = Path(work_dir) / LAST_CHECKPOINT
+    if not marker.is_file():
+        return None
+    name = marker.read_text().strip()
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_absolute():
+        return str(Path(work_dir) / path)
+    moved = Path(work_dir) / path.name
+    if not path.exists() and moved.is_file():
+        print_log(f'{marker} names {path}, which does not exist; using {moved} (the work dir '
+                  'was moved or copied)', logger='current')
+        return str(moved)
+    return str(path)
+
+
 def read_runner_checkpoint(filename: str, map_location: Any = 'cpu') -> Mapping[str, Any]:
     """A local file through :func:`read_checkpoint`; URLs and mmengine's other schemes
     through mmengine's loader, with the Runner-checkpoint allow-list scoped to that load."""
     if REMOTE.match(str(filename)):
         with runner_checkpoint_globals():
-            checkpoint = _load_checkpoint(filename, map_location=map_location)
+            checkpoint = materialize(_load_checkpoint(filename, map_location=map_location))
     else:
         check_checkpoint_file(filename, 'checkpoint')
         checkpoint = read_checkpoint(filename, map_location=map_location)
@@ -86,6 +114,27 @@ def _describe_model(model: Any) -> str:
     return f'{type(model).__name__}{inner}'
 
 
+def check_model_checkpoint(model: Any, checkpoint: Mapping[str, Any], filename: Any,
+                           strict: bool = True,
+                           revise_keys: list = [(r'^module\.', '')]  # noqa: B006
+                           ) -> None:
+    """Compare the checkpoint's state dict with ``model``'s: a mismatch raises
+    CheckpointError naming the file, the model, the backbone variant and the first missing,
+    unexpected and mis-shaped keys (``strict=False``: a warning, for intentional partial
+    loads)."""
+    problems = state_dict_problems(model.state_dict(),
+                                   _revised_state_dict(checkpoint, revise_keys))
+    if not problems:
+        return
+    summary = (f'{filename} does not match the model ({_describe_model(model)}): '
+               + '; '.join(problems))
+    if strict:
+        raise CheckpointError(f'{summary}. To load only the matching weights on purpose, '
+                              f'set {STRICT_KEY}=False (--cfg-options {STRICT_KEY}=False)')
+    print_log(f'{summary} ({STRICT_KEY}=False: loading the matching weights only)',
+              logger='current', level=logging.WARNING)
+
+
 def _load_checkpoint_method(self: Runner, filename: str, map_location: Any = 'cpu',
                             strict: bool | None = None,
                             revise_keys: list = [(r'^module\.', '')]  # noqa: B006 (mmengine's)
@@ -96,16 +145,7 @@ def _load_checkpoint_method(self: Runner, filename: str, map_location: Any = 'cp
     self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
     model = self.model.module if is_model_wrapper(self.model) else self.model
     strict = self._pvt_strict_load if strict is None else strict
-    problems = state_dict_problems(model.state_dict(),
-                                   _revised_state_dict(checkpoint, revise_keys))
-    if problems:
-        summary = (f'{filename} does not match the model ({_describe_model(model)}): '
-                   + '; '.join(problems))
-        if strict:
-            raise CheckpointError(f'{summary}. To load only the matching weights on purpose, '
-                                  f'set {STRICT_KEY}=False (--cfg-options {STRICT_KEY}=False)')
-        print_log(f'{summary} ({STRICT_KEY}=False: loading the matching weights only)',
-                  logger='current', level=logging.WARNING)
+    check_model_checkpoint(model, checkpoint, filename, strict, revise_keys)
     _load_checkpoint_to_model(model, checkpoint, strict=False, revise_keys=revise_keys)
     self._has_loaded = True
     self.logger.info(f'Load checkpoint from {filename}')
@@ -182,6 +222,8 @@ class AtomicCheckpointHook(CheckpointHook):
             self.keep_ckpt_ids.append(step)
             runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
         ckpt_filename = self.filename_tmpl.format(step)
+        if is_main_process() and isinstance(self.file_backend, LocalBackend):
+            remove_stale_temp_files(self.out_dir)  # left by a save that was killed part-way
         self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
         runner.save_checkpoint(
@@ -190,11 +232,20 @@ class AtomicCheckpointHook(CheckpointHook):
             meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
         if not is_main_process():
             return
-        with atomic_path(Path(runner.work_dir) / 'last_checkpoint') as tmp:
-            tmp.write_text(str(self.last_ckpt))
+        with atomic_path(Path(runner.work_dir) / LAST_CHECKPOINT) as tmp:
+            tmp.write_text(self._relative_to_work_dir(runner, self.last_ckpt))
         if stale is not None and stale != step:  # only now that the new one is complete
             path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(stale))
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):  # deepspeed checkpoints are directories
                 self.file_backend.rmtree(path)
+
+    @staticmethod
+    def _relative_to_work_dir(runner: Runner, path: str) -> str:
+        """``path`` relative to the work dir when it lies inside it (a copied or moved work
+        dir still resumes), else as it is."""
+        try:
+            return str(Path(path).resolve().relative_to(Path(runner.work_dir).resolve()))
+        except ValueError:
+            return str(path)

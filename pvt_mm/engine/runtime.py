@@ -25,10 +25,10 @@ import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import find_latest_checkpoint
 
-from .checkpoint_io import (STRICT_KEY, check_checkpoint_file, harden_runner,
-                            use_atomic_checkpoint_hook)
+from ..checkpoint import remove_stale_temp_files
+from .checkpoint_io import (LAST_CHECKPOINT, STRICT_KEY, check_checkpoint_file, harden_runner,
+                            latest_checkpoint, use_atomic_checkpoint_hook)
 from .cpu import CPU_DIST_BACKEND, init_cpu_process_group
 
 SCOPES = ('mmdet', 'mmseg')
@@ -159,8 +159,10 @@ def set_resume(cfg: Config, resume: str | None) -> None:
         check_checkpoint_file(resume, '--resume checkpoint')
         cfg.resume, cfg.load_from = True, resume
         return
-    marker = osp.join(cfg.work_dir, 'last_checkpoint')
-    latest = find_latest_checkpoint(cfg.work_dir) if osp.isfile(marker) else None
+    marker = osp.join(cfg.work_dir, LAST_CHECKPOINT)
+    if osp.isdir(cfg.work_dir):
+        remove_stale_temp_files(cfg.work_dir)  # a save killed part-way
+    latest = latest_checkpoint(cfg.work_dir)
     if latest is None:
         loaded = f' (loading load_from={cfg.load_from})' if cfg.get('load_from') else ''
         print_log(f'--resume: no checkpoint found in {cfg.work_dir} (no last_checkpoint '

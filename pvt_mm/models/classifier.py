@@ -20,7 +20,7 @@ so the same official file loads strictly into both the classifier and the detect
 """
 from __future__ import annotations
 
-import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..convert import convert_pvt_checkpoint, unwrap_state_dict
+from ..convert_hf import check_folder_variant, classifier_parts, folder_weights
 from .backbones import ARCHS, PVT
 from .backbones.arch import NUM_STAGES
 from .layers import nlc_to_nchw, resize_pos_embed
@@ -41,9 +42,6 @@ __all__ = ['PVTClassifier', 'checkpoint_filter_fn', 'TIMM_NAMES']
 
 GLOBAL_POOLS = ('token', 'avg', '')
 HEAD_LN_EPS = 1e-6  # official: norm_layer=partial(nn.LayerNorm, eps=1e-6)
-# keys the classifier adds to the backbone's; official checkpoints name them the same
-CLASSIFIER_KEYS = ('cls_token', 'cls_pos_embed', 'norm.weight', 'norm.bias', 'head.weight',
-                   'head.bias')
 # timm model name -> entry of the variant table
 TIMM_NAMES: dict[str, str] = {f'pvt_v1_{n}': n
                               for n in ('tiny', 'small', 'medium', 'large', 'huge')}
@@ -230,23 +228,27 @@ class PVTClassifier(nn.Module):
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None
                          ) -> dict[str, Tensor]:
-    """An official whai362/PVT v1 classification checkpoint (or a pvt_mm / timm one) -> this
-    classifier's keys: the backbone part through :func:`pvt_mm.convert_pvt_checkpoint` (which
-    raises on keys it cannot place), plus ``cls_token``, ``norm``, ``head`` and the cls slot
-    of ``pos_embed4`` as ``cls_pos_embed``. Missing keys are left for the strict load to name."""
+    """An official whai362/PVT v1 classification checkpoint (or a pvt_mm / timm one, or
+    transformers' ``PvtForImageClassification``) -> this classifier's keys: the backbone part
+    through :func:`pvt_mm.convert_pvt_checkpoint` (which raises on keys it cannot place), plus
+    ``cls_token``, ``norm``, ``head`` and the cls slot of ``pos_embed4`` (transformers: of
+    stage 4's position embeddings) as ``cls_pos_embed``. Missing keys are left for the strict
+    load to name."""
     sd = unwrap_state_dict(state_dict)
-    extra = {k: sd[k] for k in CLASSIFIER_KEYS if k in sd}
-    pos4 = sd.get('pos_embed4')
-    if isinstance(pos4, Tensor) and 'cls_pos_embed' not in extra:
-        n = pos4.shape[1]
-        if math.isqrt(n - 1) ** 2 == n - 1 and math.isqrt(n) ** 2 != n:
-            extra['cls_pos_embed'] = pos4[:, :1]
+    extra = classifier_parts(sd)
     backbone = convert_pvt_checkpoint({k: v for k, v in sd.items() if k not in extra})
     return {**backbone, **extra}
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> PVTClassifier:
     out_indices = kwargs.pop('out_indices', tuple(range(NUM_STAGES)))
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    folder = overlay.get('file')
+    if pretrained and isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+        # a transformers folder: its variant is checked, then timm reads its weights file
+        spec = ARCHS[TIMM_NAMES[variant]]
+        check_folder_variant(folder, spec, f'{variant} ({TIMM_NAMES[variant]})')
+        kwargs['pretrained_cfg_overlay'] = {**overlay, 'file': str(folder_weights(folder))}
     return build_model_with_cfg(
         PVTClassifier, variant, pretrained, arch=TIMM_NAMES[variant],
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -53,7 +53,7 @@ def build_backbone(arch: str | None = None, config: str | os.PathLike | None = N
         warnings.warn('no checkpoint given: the backbone has random weights, so the pictures '
                       'show an untrained network', UserWarning, stacklevel=2)
     else:
-        from ..checkpoint import load_pretrained
+        from ..models.backbones.pretrained import load_pretrained
         load_pretrained(backbone, checkpoint)
     return backbone.eval()
 

@@ -1,17 +1,16 @@
 """``tools/infer.py``: drawn predictions for images through mmdet's ``DetInferencer`` or
 mmseg's ``MMSegInferencer`` (the config's ``default_scope`` picks which).
 
-The inferencers load the checkpoint with mmengine's ``load_checkpoint`` (``torch.load``,
-``weights_only=True`` on torch >= 2.6); checkpoints written by the Runner (``tools/train.py``)
-hold ``HistoryBuffer`` logs, so the construction runs inside
-:func:`pvt_mm.checkpoint.runner_checkpoint_globals`, which allow-lists exactly those globals
-for that block only."""
+The inferencers read the checkpoint with mmengine's loader, which ``import pvt_mm`` routes
+through the safe reader (:func:`pvt_mm.checkpoint.use_safe_mmengine_loader`); before the
+weights go in, the checkpoint's keys and shapes are compared with the model's
+(:func:`pvt_mm.engine.checkpoint_io.check_model_checkpoint`), so a checkpoint of another
+model stops the tool instead of drawing the predictions of random heads."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from ..checkpoint import runner_checkpoint_globals
+from typing import Any
 
 __all__ = ['IMAGE_SUFFIXES', 'collect_images', 'infer']
 
@@ -20,15 +19,35 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 def collect_images(source: str | os.PathLike) -> list[str]:
     """An image file, or the images directly in a folder (sorted)."""
+    import cv2
     path = Path(source)
     if path.is_file():
-        return [str(path)]
-    if path.is_dir():
+        images = [str(path)]
+    elif path.is_dir():
         images = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if images:
-            return images
-        raise FileNotFoundError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {path}')
-    raise FileNotFoundError(f'image or folder not found: {path}')
+        if not images:
+            raise FileNotFoundError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {path}')
+    else:
+        raise FileNotFoundError(f'image or folder not found: {path}')
+    for image in images:  # reads the header only
+        if os.path.getsize(image) == 0 or not cv2.haveImageReader(image):
+            raise ValueError(f'{image} is not a readable image (OpenCV knows no format that '
+                             'starts like this file)')
+    return images
+
+
+def _strict(inferencer: type, weights: str) -> type:
+    """``inferencer`` whose weights go in only when the checkpoint matches the model."""
+    from ..engine.checkpoint_io import check_model_checkpoint
+
+    class StrictInferencer(inferencer):
+        def _load_weights_to_model(self, model: Any, checkpoint: Any, cfg: Any) -> None:
+            if checkpoint is not None:
+                check_model_checkpoint(model, checkpoint, weights)
+            super()._load_weights_to_model(model, checkpoint, cfg)
+
+    StrictInferencer.__name__ = inferencer.__name__
+    return StrictInferencer
 
 
 def infer(source: str | os.PathLike, config: str | os.PathLike,
@@ -46,14 +65,14 @@ def infer(source: str | os.PathLike, config: str | os.PathLike,
     cfg = read_config(config)
     scope = task_scope(cfg)
     out = Path(out_dir)
-    with runner_checkpoint_globals():
-        if scope == 'mmdet':
-            from mmdet.apis import DetInferencer
-            inferencer = DetInferencer(model=cfg, weights=str(checkpoint), device=device,
-                                       show_progress=False)
-        else:
-            from mmseg.apis import MMSegInferencer
-            inferencer = MMSegInferencer(model=cfg, weights=str(checkpoint), device=device)
+    if scope == 'mmdet':
+        from mmdet.apis import DetInferencer
+        inferencer = _strict(DetInferencer, str(checkpoint))(
+            model=cfg, weights=str(checkpoint), device=device, show_progress=False)
+    else:
+        from mmseg.apis import MMSegInferencer
+        inferencer = _strict(MMSegInferencer, str(checkpoint))(
+            model=cfg, weights=str(checkpoint), device=device)
     if scope == 'mmdet':
         inferencer(images, batch_size=batch_size, out_dir=str(out), pred_score_thr=score_thr,
                    no_save_pred=False)

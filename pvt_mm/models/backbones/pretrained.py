@@ -1,16 +1,22 @@
-"""Fit a converted (pvt_mm-layout) checkpoint to a backbone built with ``in_channels != 3`` or
-with fewer stages (``out_indices`` that stop early), before the strict load.
+"""Pretrained weights into a backbone: resolve, read safely, convert, fit, load strictly.
 
-Only these two differences are fitted, each with a log line; every other mismatch is left for
-the strict check to report.
+The fitting is for a backbone built with ``in_channels != 3`` or with fewer stages
+(``out_indices`` that stop early): only these two differences are fitted, each with a log
+line; every other mismatch is left for the strict check to report.
 """
 from __future__ import annotations
 
+import os
 import re
 
 from mmengine.logging import print_log
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
+
+from ...checkpoint import check_state_dict, model_name, read_checkpoint, resolve_checkpoint
+from ...convert import CheckpointError, convert_pvt_checkpoint
+from ...convert_hf import check_folder_variant
+from .arch import PVTArch
 
 FIRST_CONV = 'stages.0.patch_embed.proj.weight'
 PRETRAIN_CHANNELS = 3  # RGB: every published PVT checkpoint
@@ -59,3 +65,22 @@ def drop_unbuilt_stages(model: nn.Module, state_dict: dict[str, Tensor]) -> dict
 def fit_state_dict(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """:func:`drop_unbuilt_stages` then :func:`adapt_in_channels`."""
     return adapt_in_channels(model, drop_unbuilt_stages(model, state_dict))
+
+
+def load_pretrained(model: nn.Module, source: str | os.PathLike, prefix: str | None = None
+                    ) -> None:
+    """Resolve, read safely, convert, fit (:func:`fit_state_dict`) and load ``source`` into
+    ``model`` with ``strict=True``; any mismatch raises CheckpointError naming the file."""
+    path = resolve_checkpoint(source)
+    if isinstance(getattr(model, 'arch', None), PVTArch):  # a folder's config.json names one
+        check_folder_variant(source, model.arch, model_name(model))
+    if prefix and not prefix.endswith('.'):
+        prefix += '.'  # as mmengine's Pretrained init: 'backbone' means 'backbone.'
+    try:
+        state_dict = convert_pvt_checkpoint(read_checkpoint(path), prefix=prefix)
+    except CheckpointError as e:
+        raise e if str(path) in str(e) else CheckpointError(f'{path}: {e}') from None
+    state_dict = fit_state_dict(model, state_dict)  # in_channels != 3, stages not built
+    check_state_dict(model, state_dict, source=path)
+    model.load_state_dict(state_dict, strict=True)
+    print_log(f'loaded pretrained {type(model).__name__} weights from {path}', logger='current')

@@ -93,12 +93,14 @@ class PyramidVisionTransformerBase(BaseModule):
     Args:
         arch: a name of the variant table (``'small'``, ``'b2'``, ...) or a dict of settings
             (``embed_dims``, ``depths``, ``num_heads``, ``sr_ratios``, ``mlp_ratios``,
-            ``linear``); default ``'small'`` (PVT) / ``'b2'`` (PVTv2). ``arch_name`` keeps the
+            ``linear``); ``None`` builds the default, ``'small'`` (PVT) / ``'b2'`` (PVTv2), as
+            mmdet's PVT does. ``arch_name`` keeps the
             table name (``'custom'`` for a dict).
         in_channels: input channels (a 3-channel checkpoint is adapted on load as timm does).
         pretrain_img_size: image size (int or (H, W), at least 32) the v1 position embeddings
             are sized for: stage i's grid is (H // (4 * 2**i), W // (4 * 2**i)).
-        out_indices: stages whose maps are returned (0..3, negative counts from the end).
+        out_indices: stages whose maps are returned (0..3, negative counts from the end), in
+            increasing order (``(3, 1)`` is refused: the maps come back stage by stage).
             Stages after the last one requested are not built.
         F4: return only the last map (as the official code does for DETR; all stages built).
         frozen_stages: freeze the first ``frozen_stages`` stages (parameters without grad,
@@ -262,7 +264,7 @@ class PyramidVisionTransformerBase(BaseModule):
                 super().init_weights()
             finally:
                 self.init_cfg = init_cfg
-        from ...checkpoint import load_pretrained
+        from .pretrained import load_pretrained
         for cfg in pretrained:
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
         self._is_init = True

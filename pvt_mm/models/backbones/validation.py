@@ -82,8 +82,8 @@ def to_hw(name: str, size: Any, minimum: int) -> HW:
 
 
 def resolve_out_indices(out_indices: Any, F4: bool, num_stages: int) -> tuple[int, ...]:
-    """``out_indices`` (ints, negative from the end) -> sorted unique stage indices;
-    ``F4`` -> only the last stage."""
+    """``out_indices`` (ints, negative from the end, in increasing stage order) -> unique
+    stage indices; ``F4`` -> only the last stage."""
     items = (out_indices,) if is_int(out_indices) else out_indices
     if not isinstance(items, Sequence) or isinstance(items, str) \
             or not all(is_int(i) for i in items):
@@ -96,12 +96,16 @@ def resolve_out_indices(out_indices: Any, F4: bool, num_stages: int) -> tuple[in
         idx.append(int(i) % num_stages)
     if not idx or len(set(idx)) != len(idx):
         raise ValueError(f'out_indices must be non-empty and unique, got {out_indices}')
+    if idx != sorted(idx):
+        raise ValueError(f'out_indices must list stages in increasing order (the maps are '
+                         f'returned from stage 1 to 4), got {tuple(items)}: use '
+                         f'{tuple(sorted(idx))}')
     if F4:
         if tuple(idx) not in (tuple(range(num_stages)), (num_stages - 1,)):
             raise ValueError(f'F4=True returns only the last stage; it conflicts with '
                              f'out_indices={tuple(items)}')
         return (num_stages - 1,)
-    return tuple(sorted(idx))
+    return tuple(idx)
 
 
 # ---- geometry ----------------------------------------------------------------------------
