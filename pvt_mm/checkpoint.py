@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,7 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
     name = Path(urlparse(text).path).name if scheme in REMOTE_SCHEMES else Path(text).name
     candidates = [] if scheme in REMOTE_SCHEMES else [Path(text).expanduser()]
     if candidates and candidates[0].is_dir():
-        from .convert_hf import folder_weights  # or an error saying which files are missing
+        from .hf_folder import folder_weights  # or an error saying which files are missing
         return folder_weights(candidates[0])
     candidates.append(hub_checkpoint_dir() / name)
     for path in candidates:

@@ -20,21 +20,17 @@ official parameters differently (stage i, block j; v1 | v2)::
 Not backbone parameters (dropped on the way in, with a log line): v1's ``cls_token``, its
 position slot and final ``encoder.layer_norm``; the ``classifier`` head.
 
-A folder (``save_pretrained`` / hub snapshot) holds ``config.json`` (the variant: hidden sizes,
-depths, heads, reduction and MLP ratios, ``linear_attention``) and ``model.safetensors`` (or
-``pytorch_model.bin``). Architecture differences the weights do not carry: transformers uses
+Folders (``save_pretrained`` / hub snapshots: ``config.json`` + weights) are read and written
+by :mod:`pvt_mm.hf_folder`. Architecture differences the weights do not carry: transformers uses
 ``layer_norm_eps`` (1e-6) in every norm, the official code 1e-5 in the patch-embedding and
 spatial-reduction norms; transformers' v1 runs the cls token through stage 4's attention.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,8 +43,7 @@ if TYPE_CHECKING:  # the variant table is imported where needed (models import t
     from .models.backbones.arch import PVTArch
 
 __all__ = ['transformers_layout', 'from_transformers', 'to_transformers', 'classifier_parts',
-           'folder_weights', 'read_config', 'arch_from_config', 'check_folder_variant',
-           'infer_arch', 'write_transformers_folder']
+           'hf_config', 'LAYOUTS', 'CONFIG_NAME', 'WEIGHTS_NAMES']
 
 CONFIG_NAME = 'config.json'
 WEIGHTS_NAMES = ('model.safetensors', 'pytorch_model.bin')  # in the order transformers prefers
@@ -344,134 +339,3 @@ def hf_config(spec: PVTArch, num_channels: int = 3, image_size: int | None = Non
     if num_labels is not None:
         config['num_labels'] = num_labels
     return config
-
-
-# ---- folders and their config.json ---------------------------------------------------------
-def folder_weights(folder: str | os.PathLike) -> Path:
-    """The weights file of a transformers folder (``model.safetensors``, else
-    ``pytorch_model.bin``); a folder without one raises :class:`CheckpointError` saying so."""
-    folder = Path(folder)
-    for name in WEIGHTS_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    sharded = [n for n in held if n.endswith('.index.json')]
-    if sharded:
-        raise CheckpointError(f'{folder} is a directory with a sharded checkpoint ({sharded[0]}); '
-                              'PVT weights fit one file: save it with a larger max_shard_size')
-    raise CheckpointError(f'{folder} is a directory without {" or ".join(WEIGHTS_NAMES)} (the '
-                          f'weights of a transformers save_pretrained / hub snapshot folder); it '
-                          f'holds {_listing(held, 6) if held else "nothing"}')
-
-
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """``folder/config.json`` as a dict; unreadable JSON raises CheckpointError naming it."""
-    path = Path(folder) / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f'{path} is not a readable config.json: {e}') from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f'{path} is not a JSON object')
-    return config
-
-
-def arch_from_config(config: Mapping[str, Any], source: str = CONFIG_NAME) -> PVTArch:
-    """transformers' PvtConfig / PvtV2Config dict -> the variant (missing fields take
-    transformers' defaults). Settings pvt_mm does not build raise CheckpointError."""
-    from .models.backbones.arch import PVTArch
-    layout = {lay.model_type: lay for lay in LAYOUTS}.get(config.get('model_type'))
-    if layout is None:
-        raise CheckpointError(f'{source}: model_type {config.get("model_type")!r} is not '
-                              'transformers\' PVT (pvt or pvt_v2)')
-    get = {**layout.defaults, **config}.get
-    fixed = [f'{k}={get(k)!r} (PVT: {layout.defaults[k]!r})'
-             for k in ('num_encoder_blocks', 'patch_sizes', 'strides', 'hidden_act')
-             if get(k) != layout.defaults[k]]
-    if fixed:
-        raise CheckpointError(f'{source}: not the PVT architecture: {", ".join(fixed)}')
-    try:
-        return PVTArch(layout.version, tuple(get('hidden_sizes')), tuple(get('depths')),
-                       tuple(get('num_attention_heads')),
-                       tuple(get('sequence_reduction_ratios' if layout is V1 else 'sr_ratios')),
-                       tuple(get('mlp_ratios')), bool(get('linear_attention', False)))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f'{source}: {e}') from None
-
-
-def same_variant(a: PVTArch, b: PVTArch) -> bool:
-    """Equal settings; linear (li) attention ignores the reduction ratios (as transformers)."""
-    if a.linear and b.linear:
-        return replace(a, sr_ratios=b.sr_ratios) == b
-    return a == b
-
-
-def describe(spec: PVTArch) -> str:
-    """``PVTv2 b2`` (the table's name) or ``PVT custom (hidden sizes ..., ...)``."""
-    from .models.backbones.arch import ARCHS
-    name = next((n for n, a in ARCHS.items() if same_variant(a, spec)), None)
-    kind = 'PVTv2' if spec.version == 2 else 'PVT'
-    if name:
-        return f'{kind} {name}'
-    return (f'{kind} custom (hidden sizes {list(spec.embed_dims)}, depths {list(spec.depths)}, '
-            f'heads {list(spec.num_heads)}, sr {list(spec.sr_ratios)}, mlp '
-            f'{_plain(spec.mlp_ratios)}{", linear" if spec.linear else ""})')
-
-
-def check_folder_variant(source: str | os.PathLike, spec: PVTArch, model: str) -> None:
-    """When ``source`` is a folder with a ``config.json``: raise CheckpointError naming both
-    variants unless it names ``spec`` (``model``: how to call the model, ``PVTv2 (b0)``)."""
-    folder = Path(source).expanduser()
-    if not (folder.is_dir() and (folder / CONFIG_NAME).is_file()):
-        return
-    held = arch_from_config(read_config(folder), str(folder / CONFIG_NAME))
-    if not same_variant(held, spec):
-        shown = model if describe(spec).split()[-1] in model else f'{model}: {describe(spec)}'
-        raise CheckpointError(f'{folder} holds {describe(held)} weights (its config.json), but '
-                              f'the model is {shown}; build the model with the folder\'s variant '
-                              'or load another folder')
-
-
-def infer_arch(state_dict: Mapping[str, Tensor]) -> str:
-    """The variant table's name for a pvt_mm state dict, from its shapes (heads do not show in
-    shapes: the one table entry with these dims / depths / ratios); else CheckpointError."""
-    from .models.backbones.arch import ARCHS
-    sd = state_dict
-    try:
-        dims = tuple(sd[f'stages.{i}.patch_embed.proj.weight'].shape[0] for i in range(4))
-        depths = tuple(1 + max(int(m[1]) for k in sd if (m := re.match(
-            rf'stages\.{i}\.blocks\.(\d+)\.', k))) for i in range(NUM_STAGES))
-        mlp = tuple(sd[f'stages.{i}.blocks.0.mlp.fc1.weight'].shape[0] / dims[i]
-                    for i in range(NUM_STAGES))
-    except (KeyError, ValueError):
-        raise CheckpointError('cannot tell the variant: the checkpoint does not hold four '
-                              'complete stages; name it (--arch)') from None
-    sr = tuple(sd[k].shape[-1] if (k := f'stages.{i}.blocks.0.attn.sr.weight') in sd else 1
-               for i in range(NUM_STAGES))
-    version = 1 if 'stages.0.pos_embed' in sd else 2
-    linear = (version == 2 and sr[-1] == 1
-              and f'stages.{NUM_STAGES - 1}.blocks.0.attn.sr.weight' in sd)
-    found = [n for n, a in ARCHS.items() if (a.version, a.embed_dims, a.depths, a.mlp_ratios,
-             a.linear) == (version, dims, depths, mlp, linear) and (linear or a.sr_ratios == sr)]
-    if len(found) != 1:
-        raise CheckpointError(f'cannot tell the variant (v{version}, dims {list(dims)}, depths '
-                              f'{list(depths)}) from the table{f": {found}" if found else ""}; '
-                              'name it (--arch)')
-    return found[0]
-
-
-def write_transformers_folder(state_dict: Mapping[str, Tensor], out_dir: str | os.PathLike,
-                              spec: PVTArch, classifier: Mapping[str, Tensor] | None = None
-                              ) -> tuple[Path, dict[str, Any], list[str]]:
-    """Write ``config.json`` + ``model.safetensors`` (each atomically) that transformers'
-    ``from_pretrained`` loads. Returns (folder, config, notes)."""
-    from .checkpoint import atomic_path, write_checkpoint
-    tensors, config, notes = to_transformers(state_dict, spec, classifier)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f'{out_dir} exists and is not a directory')
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_checkpoint(tensors, out_dir / WEIGHTS_NAMES[0], 'safetensors')
-    with atomic_path(out_dir / CONFIG_NAME) as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + '\n')
-    return out_dir, config, notes

@@ -25,7 +25,8 @@ from transformers.models.pvt_v2 import modeling_pvt_v2
 
 from pvt_mm.checkpoint import read_checkpoint
 from pvt_mm.convert import CheckpointError, convert_pvt_checkpoint
-from pvt_mm.convert_hf import classifier_parts, folder_weights, to_transformers
+from pvt_mm.convert_hf import classifier_parts, to_transformers
+from pvt_mm.hf_folder import folder_weights
 from pvt_mm.models.backbones import ARCHS, PVT, PVTv2
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,9 +28,9 @@ from pathlib import Path
 from pvt_mm.checkpoint import (FORMATS, check_state_dict, checkpoint_format, read_checkpoint,
                                write_checkpoint)
 from pvt_mm.convert import CheckpointError, convert_pvt_checkpoint, unwrap_state_dict
-from pvt_mm.convert_hf import (arch_from_config, check_folder_variant, classifier_parts, describe,
-                               folder_weights, from_transformers, infer_arch, read_config,
-                               write_transformers_folder)
+from pvt_mm.convert_hf import classifier_parts, from_transformers
+from pvt_mm.hf_folder import (arch_from_config, check_folder_variant, describe, folder_weights,
+                              infer_arch, read_config, write_transformers_folder)
 from pvt_mm.models.backbones import ARCHS, PVT, PVTv2
 from pvt_mm.models.backbones.arch import PVTArch
 

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..convert import convert_pvt_checkpoint, unwrap_state_dict
-from ..convert_hf import check_folder_variant, classifier_parts, folder_weights
+from ..convert_hf import classifier_parts
+from ..hf_folder import check_folder_variant, folder_weights
 from .backbones import ARCHS, PVT
 from .backbones.arch import NUM_STAGES
 from .layers import nlc_to_nchw, resize_pos_embed

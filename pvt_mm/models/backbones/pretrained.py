@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...checkpoint import check_state_dict, model_name, read_checkpoint, resolve_checkpoint
 from ...convert import CheckpointError, convert_pvt_checkpoint
-from ...convert_hf import check_folder_variant
+from ...hf_folder import check_folder_variant
 from .arch import PVTArch
 
 FIRST_CONV = 'stages.0.patch_embed.proj.weight'
