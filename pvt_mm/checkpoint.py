@@ -26,14 +26,15 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from .convert import CheckpointError, _listing
+from .errors import CheckpointError
+from .errors import listing as _listing
 from .integrity import (check_name_hash, check_safetensors_digest, check_zip_records,
                         file_sha256, safetensors_bytes)
 from .safe_pickle import checkpoint_globals, materialize
 
 __all__ = ['resolve_checkpoint', 'read_checkpoint', 'write_checkpoint', 'check_state_dict',
            'state_dict_problems', 'runner_checkpoint_globals', 'remove_stale_temp_files',
-           'use_safe_mmengine_loader', 'publish_checkpoint']
+           'use_safe_mmengine_loader', 'publish_checkpoint', 'folder_weights']
 
 REMOTE_SCHEMES = ('http', 'https')
 FORMATS = ('torch', 'safetensors')
@@ -44,6 +45,26 @@ PICKLE_PROTO = 0x80  # first byte of a (legacy torch.save) pickle of protocol >=
 def hub_checkpoint_dir() -> Path:
     """Where torch (and mmengine) cache downloaded checkpoints: ``$TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / 'checkpoints'
+
+
+WEIGHTS_NAMES = ('model.safetensors', 'pytorch_model.bin')  # in the order transformers prefers
+
+
+def folder_weights(folder: str | os.PathLike) -> Path:
+    """The weights file of a transformers folder (``model.safetensors``, else
+    ``pytorch_model.bin``); a folder without one raises :class:`CheckpointError` saying so."""
+    folder = Path(folder)
+    for name in WEIGHTS_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    sharded = [n for n in held if n.endswith('.index.json')]
+    if sharded:
+        raise CheckpointError(f'{folder} is a directory with a sharded checkpoint ({sharded[0]}); '
+                              'PVT weights fit one file: save it with a larger max_shard_size')
+    raise CheckpointError(f'{folder} is a directory without {" or ".join(WEIGHTS_NAMES)} (the '
+                          f'weights of a transformers save_pretrained / hub snapshot folder); it '
+                          f'holds {_listing(held, 6) if held else "nothing"}')
 
 
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
@@ -60,8 +81,7 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
     name = Path(urlparse(text).path).name if scheme in REMOTE_SCHEMES else Path(text).name
     candidates = [] if scheme in REMOTE_SCHEMES else [Path(text).expanduser()]
     if candidates and candidates[0].is_dir():
-        from .hf_folder import folder_weights  # or an error saying which files are missing
-        return folder_weights(candidates[0])
+        return folder_weights(candidates[0])  # or an error saying which files are missing
     candidates.append(hub_checkpoint_dir() / name)
     for path in candidates:
         if path.is_file():

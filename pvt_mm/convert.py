@@ -24,6 +24,9 @@ from typing import Any
 
 from torch import Tensor
 
+from .errors import CheckpointError
+from .errors import listing as _listing
+
 __all__ = ['CheckpointError', 'convert_pvt_checkpoint', 'unwrap_state_dict']
 
 Pairs = Iterator[tuple[str, Tensor]]
@@ -33,10 +36,6 @@ BLOCK_PARAM = (r'(?:norm1|norm2|attn\.(?:q|kv|proj|sr|norm)|mlp\.(?:fc1|fc2|dwco
                r'\.(?:weight|bias)')
 DROPPED = re.compile(r'^(?:head\..*|cls_token|cls_pos_embed|norm\.(?:weight|bias))$')
 WRAPPERS = ('state_dict', 'model')
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit: unplaceable, missing or mis-shaped keys."""
 
 
 def _strip_cls_slot(v: Tensor) -> Tensor:
@@ -193,6 +192,3 @@ def convert_pvt_checkpoint(checkpoint: Mapping[str, Any], prefix: str | None = N
     return out
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')

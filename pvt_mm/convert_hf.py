@@ -37,16 +37,16 @@ import torch
 from mmengine.logging import print_log
 from torch import Tensor
 
-from .convert import CheckpointError, _listing
+from .errors import CheckpointError
+from .errors import listing as _listing
 
 if TYPE_CHECKING:  # the variant table is imported where needed (models import this module)
     from .models.backbones.arch import PVTArch
 
 __all__ = ['transformers_layout', 'from_transformers', 'to_transformers', 'classifier_parts',
-           'hf_config', 'LAYOUTS', 'CONFIG_NAME', 'WEIGHTS_NAMES']
+           'hf_config', 'LAYOUTS', 'CONFIG_NAME']
 
 CONFIG_NAME = 'config.json'
-WEIGHTS_NAMES = ('model.safetensors', 'pytorch_model.bin')  # in the order transformers prefers
 NUM_STAGES = 4
 HF_LN_EPS = 1e-6  # transformers' layer_norm_eps (every norm)
 

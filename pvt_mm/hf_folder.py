@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from .convert import CheckpointError, _listing
-from .convert_hf import (CONFIG_NAME, LAYOUTS, NUM_STAGES, V1, WEIGHTS_NAMES, _plain,
+from .errors import CheckpointError
+from .checkpoint import WEIGHTS_NAMES, atomic_path, folder_weights, write_checkpoint
+from .convert_hf import (CONFIG_NAME, LAYOUTS, NUM_STAGES, V1, _plain,
                          to_transformers)
 
 if TYPE_CHECKING:  # the variant table is imported where needed (models import this module)
@@ -23,23 +24,6 @@ if TYPE_CHECKING:  # the variant table is imported where needed (models import t
 
 __all__ = ['folder_weights', 'read_config', 'arch_from_config', 'check_folder_variant',
            'describe', 'same_variant', 'infer_arch', 'write_transformers_folder']
-
-
-def folder_weights(folder: str | os.PathLike) -> Path:
-    """The weights file of a transformers folder (``model.safetensors``, else
-    ``pytorch_model.bin``); a folder without one raises :class:`CheckpointError` saying so."""
-    folder = Path(folder)
-    for name in WEIGHTS_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    sharded = [n for n in held if n.endswith('.index.json')]
-    if sharded:
-        raise CheckpointError(f'{folder} is a directory with a sharded checkpoint ({sharded[0]}); '
-                              'PVT weights fit one file: save it with a larger max_shard_size')
-    raise CheckpointError(f'{folder} is a directory without {" or ".join(WEIGHTS_NAMES)} (the '
-                          f'weights of a transformers save_pretrained / hub snapshot folder); it '
-                          f'holds {_listing(held, 6) if held else "nothing"}')
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -143,7 +127,6 @@ def write_transformers_folder(state_dict: Mapping[str, Tensor], out_dir: str | o
                               ) -> tuple[Path, dict[str, Any], list[str]]:
     """Write ``config.json`` + ``model.safetensors`` (each atomically) that transformers'
     ``from_pretrained`` loads. Returns (folder, config, notes)."""
-    from .checkpoint import atomic_path, write_checkpoint
     tensors, config, notes = to_transformers(state_dict, spec, classifier)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

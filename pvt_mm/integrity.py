@@ -15,7 +15,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from .convert import CheckpointError
+from .errors import CheckpointError
 
 __all__ = ['check_zip_records', 'check_name_hash', 'file_sha256', 'safetensors_bytes',
            'check_safetensors_digest', 'DIGEST_KEY', 'NAME_HASH']

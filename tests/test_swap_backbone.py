@@ -13,7 +13,7 @@ from mm_helpers import cached_config_index  # noqa: F401  (fixture)
 from mm_helpers import IMAGE_SIZE, build_model, det_batch, seg_batch, train_one_step
 from pvt_mm import swap
 from pvt_mm.models.backbones import ARCHS
-from pvt_mm.swap_sweep import (NetworkBlocked, build_and_run, coverage_markdown,
+from pvt_mm.swap.sweep import (NetworkBlocked, build_and_run, coverage_markdown,
                                fetches_at_build, find_configs, offline, sweep, totals)
 
 ROOT = Path(__file__).parents[1]

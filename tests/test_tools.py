@@ -14,7 +14,7 @@ import torch
 from mmengine.config import Config
 
 from pvt_mm.demo import DemoDataSpec, make_demo_data
-from pvt_mm.demo.pipeline import DATA_ENV, StageResult, _seg_fits, parse_args, run_demo
+from pvt_mm.demo.pipeline import DATA_ENV, run_demo
 from pvt_mm.engine import cli  # module import: pytest would collect cli.test_main
 from pvt_mm.engine.cpu import CPUAmpOptimWrapper
 from pvt_mm.checkpoint import read_checkpoint
@@ -167,16 +167,6 @@ def test_demo_pipeline_runs_and_reports(tiny_data, tmp_path, capsys):
     assert status == 0
     assert 'bbox mAP@0.5' in printed and 'reaches the target' in printed
     assert (tmp_path / 'det' / 'epoch_1.pth').is_file()
-
-
-def test_demo_skips_segmentation_that_would_overrun_the_budget(capsys):
-    det = StageResult('detection', {}, seconds=300, train_seconds=290, iters=100, config='',
-                      checkpoint='')  # 2.9 s per detector iteration
-    args = parse_args(['--seg-iters', '400', '--time-budget', '600'])
-    assert not _seg_fits(args, det, elapsed=310)
-    assert 'segmentation skipped' in capsys.readouterr().out
-    assert _seg_fits(parse_args(['--seg-iters', '20', '--time-budget', '600']), det, 310)
-    assert _seg_fits(parse_args(['--seg-iters', '400', '--time-budget', '0']), det, 310)
 
 
 def test_clear_errors(tmp_path):

@@ -28,6 +28,7 @@ from pathlib import Path
 from pvt_mm.checkpoint import (FORMATS, check_state_dict, checkpoint_format, read_checkpoint,
                                write_checkpoint)
 from pvt_mm.convert import CheckpointError, convert_pvt_checkpoint, unwrap_state_dict
+from pvt_mm.engine.cli import run_tool
 from pvt_mm.convert_hf import classifier_parts, from_transformers
 from pvt_mm.hf_folder import (arch_from_config, check_folder_variant, describe, folder_weights,
                               infer_arch, read_config, write_transformers_folder)
@@ -134,7 +135,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (CheckpointError, FileNotFoundError) as e:
-        sys.exit(f'error: {e}')
+    sys.exit(run_tool(main))  # a user error: one line (--debug: the traceback)

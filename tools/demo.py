@@ -1,9 +1,11 @@
 """The built-in demo (``make demo``): generates the synthetic dataset if missing, trains and
 evaluates a PVTv2-b0 detector (COCO bbox mAP) and a Semantic FPN segmentor (mIoU) on CPU, and
 draws validation predictions beside the ground truth and the training curves (their paths are
-printed at the end).
+printed at the end). A few timed iterations of each stage at the start plan both stages to fit
+``--time-budget`` (pvt_mm/demo/plan.py).
 
-    python tools/demo.py [--skip-seg] [--data-root data/demo] [--work-dir work_dirs/demo]
+    .venv/bin/python tools/demo.py [--skip-seg] [--data-root data/demo] \\
+        [--work-dir work_dirs/demo] [--time-budget 600]
 """
 import os
 import sys

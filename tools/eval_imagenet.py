@@ -1,6 +1,6 @@
 """Evaluate a timm classifier (e.g. ``pvt_v1_small``) on an ImageNet-style folder.
 
-    python tools/eval_imagenet.py /path/to/imagenet/val --model pvt_v1_small \
+    python tools/eval_imagenet.py /path/to/imagenet/val --model pvt_v1_small \\
         --checkpoint pvt_small.pth [--batch-size 64] [--workers 2] [--num-classes N]
 
 The folder holds one subfolder per class (sorted names = class indices, as ILSVRC2012 val

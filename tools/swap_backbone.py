@@ -4,8 +4,8 @@ measure how many stock configs swap (``--sweep``).
     python tools/swap_backbone.py mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py \\
         --arch b2 --out configs/faster-rcnn_pvt_v2_b2_fpn_1x_coco.py
     python tools/swap_backbone.py path/to/upernet_r50.py --arch small --out upernet_pvt_s.py
-    python tools/swap_backbone.py --sweep all --arch b0 [--all-configs] \\
-        [--markdown docs/swap_coverage.md]
+    python tools/swap_backbone.py --sweep all --arch b0 [--all-configs] [--only FOLDER ...] \\
+        [--markdown FILE]
 
 The new config inherits CONFIG (``_base_``) and overrides only what the swap needs (the logic
 is :mod:`pvt_mm.swap`): the backbone (``_delete_=True``, official pretrained weights by release
@@ -13,8 +13,11 @@ URL), whatever reads the backbone maps (necks, heads by ``in_index``, pixel deco
 adapters, nested detectors), ``custom_imports``, the image normalisation PVT was pretrained
 with, ``model.pretrained`` (mmseg) and, unless ``--optimizer keep``, AdamW as in the official
 PVT recipes. Configs that cannot be swapped correctly are refused with the reason (exit 2).
-The sweep (:mod:`pvt_mm.swap_sweep`) builds and runs every stock config and its swap on one
-small image with random weights, offline, and writes the coverage table.
+The sweep (:mod:`pvt_mm.swap.sweep`) builds and runs every stock config and its swap on one
+small image with random weights, offline, one line per config (model-build logs are
+silenced), and writes the coverage table: the full sweep to docs/swap_coverage.md, a partial
+one (--only, --all-configs, another arch or size) under work_dirs/swap_sweep/ unless
+--markdown names a file.
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ from pathlib import Path
 from pvt_mm.models.backbones import ARCHS
 from pvt_mm.swap import (DEFAULT_DROP_PATH, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SwapError,
                          swap_backbone)
+
+SHIPPED_TABLE = Path('docs/swap_coverage.md')  # what the full sweep writes (in the repo)
+PARTIAL_TABLE_DIR = Path('work_dirs/swap_sweep')  # partial sweeps' tables (ignored by git)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,18 +63,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help='only these method folders (e.g. mask2former knet)')
     sweep.add_argument('--image-size', type=int, default=128)
     sweep.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    sweep.add_argument('--markdown', type=Path, default=Path('docs/swap_coverage.md'),
-                       help='where the sweep writes its table (default: %(default)s)')
+    sweep.add_argument('--markdown', type=Path,
+                       help=f'where the sweep writes its table (default: {SHIPPED_TABLE} '
+                       f'for the full sweep, --sweep all --arch b0 as shipped; any other '
+                       f'sweep: {PARTIAL_TABLE_DIR}/<sweep>.md, so the shipped table is only '
+                       'replaced when asked)')
     args = p.parse_args(argv)
     if args.sweep is None and (args.config is None or args.arch is None or args.out is None):
         p.error('give CONFIG --arch ARCH --out FILE, or --sweep')
+    if args.sweep and args.markdown is None:
+        args.markdown = default_table(args)
     return args
+
+
+def default_table(args: argparse.Namespace) -> Path:
+    """The shipped table for the sweep it records (``--sweep all``, b0, 128 px, first config
+    of each folder, no ``--only``); a partial sweep's table goes under the work dir."""
+    full = (args.sweep == 'all' and not args.only and not args.all_configs
+            and args.image_size == 128 and (args.arch or 'b0') == 'b0')
+    if full:
+        return SHIPPED_TABLE
+    parts = [args.sweep, args.arch or 'b0', *(args.only or []),
+             *(['all-configs'] if args.all_configs else []), f'{args.image_size}px']
+    return PARTIAL_TABLE_DIR / ('_'.join(parts) + '.md')
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.sweep:
-        from pvt_mm.swap_sweep import run_sweep
+        from pvt_mm.swap.sweep import run_sweep
         return run_sweep(args.sweep, arch=args.arch or 'b0', all_configs=args.all_configs,
                          only=args.only, image_size=args.image_size, markdown=args.markdown,
                          threads=args.threads)

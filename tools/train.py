@@ -3,10 +3,12 @@
 Same flags as mmdet's / mmseg's ``tools/train.py``::
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-        [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}] [--debug]
 """
 import pvt_mm._quiet  # noqa: F401  first: drops the pkg_resources deprecation noise
-from pvt_mm.engine.cli import train_main
+import sys
+
+from pvt_mm.engine.cli import train_tool
 
 if __name__ == '__main__':
-    train_main()
+    sys.exit(train_tool())  # input errors: one message, no traceback (--debug shows it)

@@ -4,7 +4,7 @@ query point (heads averaged, upsampled over the image) and, for v1, the position
 at the image's grid.
 
     python tools/visualize.py IMAGE --arch b2 [--checkpoint pvt_v2_b2.pth] --out-dir DIR
-    python tools/visualize.py IMAGE --config CONFIG --checkpoint work_dirs/x/epoch_12.pth \
+    python tools/visualize.py IMAGE --config CONFIG --checkpoint work_dirs/x/epoch_12.pth \\
         [--point X Y] [--size 512] [--block -1] --out-dir DIR
 
 Writes stage{1..4}_features.png, stage{1..4}_attention.png and (v1) stage{1..4}_pos_embed.png,

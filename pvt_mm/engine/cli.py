@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
@@ -16,6 +18,106 @@ from .runtime import build_runner, enable_amp, load_config, set_resume, task_sco
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
+DEBUG_ENV = 'PVT_MM_DEBUG'  # set (or --debug) to see the traceback of a user error
+
+
+class InputsMissing(FileNotFoundError):
+    """Several inputs of a run are missing (data, pretrained weights, a checkpoint): one
+    message line per missing input, so a user learns about all of them in one run."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__('\n'.join(self.problems) if len(self.problems) == 1 else
+                         f'{len(self.problems)} inputs are missing:\n' +
+                         '\n'.join(f'  - {p}' for p in self.problems))
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input (missing files or data, a wrong checkpoint, a bad
+    argument or config value): shown as their message, without a traceback."""
+    from pvt_mm.convert import CheckpointError
+    return (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            CheckpointError, ValueError, TypeError)
+
+
+def run_tool(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None,
+             prog: str | None = None) -> int:
+    """Run a tool's ``main(argv)``; a user error (:func:`user_error_types`) prints its message
+    (one line per problem) and returns 1, unless ``--debug`` is in ``argv`` (it is removed
+    before ``main`` sees it) or ``$PVT_MM_DEBUG`` is set: then the error propagates with its
+    traceback. Returns 0 (or ``main``'s int result) otherwise."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = '--debug' in args or bool(os.environ.get(DEBUG_ENV))
+    args = [a for a in args if a != '--debug']
+    prog = prog or os.path.basename(sys.argv[0] or 'pvt_mm')
+    try:
+        result = main(args)
+    except user_error_types() as e:
+        if debug:
+            raise
+        name = type(e).__name__
+        first, *rest = (str(e).strip() or name).splitlines()
+        label = 'error' if isinstance(e, InputsMissing) else name
+        print('\n'.join([f'{prog}: {label}: {first}  [--debug: traceback]', *rest]),
+              file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _pvt_backbones(node: Any) -> Iterator[Mapping[str, Any]]:
+    """Every pvt_mm backbone dict (``type`` PVT / PVTv2 / an official name) inside ``node``."""
+    from pvt_mm.models.backbones import OFFICIAL_NAMES
+    names = {'PVT', 'PVTv2', *OFFICIAL_NAMES}
+    if isinstance(node, Mapping):
+        if node.get('type') in names:
+            yield node
+        for value in node.values():
+            yield from _pvt_backbones(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _pvt_backbones(value)
+
+
+def pretrained_problems(cfg: Config | Mapping[str, Any]) -> list[str]:
+    """The ``Pretrained`` checkpoints (and ``pretrained=`` paths) of the config's pvt_mm
+    backbones that cannot be found locally or in the torch hub cache (one message each)."""
+    from pvt_mm.checkpoint import resolve_checkpoint
+    sources: list[str] = []
+    for backbone in _pvt_backbones(cfg.get('model')):
+        inits = backbone.get('init_cfg')
+        for init in inits if isinstance(inits, (list, tuple)) else [inits]:
+            if isinstance(init, Mapping) and init.get('type') == 'Pretrained' \
+                    and isinstance(init.get('checkpoint'), str):
+                sources.append(init['checkpoint'])
+        if isinstance(backbone.get('pretrained'), str):
+            sources.append(backbone['pretrained'])
+    problems = []
+    for source in dict.fromkeys(sources):
+        try:
+            resolve_checkpoint(source)
+        except FileNotFoundError as e:
+            problems.append(str(e))
+    return problems
+
+
+def check_inputs(cfg: Config, mode: str, checkpoint: str | None = None) -> None:
+    """Before anything is built: the data the run reads and (training) every pretrained
+    checkpoint of a pvt_mm backbone, or (testing) the checkpoint to test. Raises
+    :class:`InputsMissing` naming all that is missing at once."""
+    problems = []
+    if checkpoint is not None:
+        try:
+            check_checkpoint_file(checkpoint, 'checkpoint')
+        except FileNotFoundError as e:
+            problems.append(str(e))
+    try:
+        check_data_config(cfg, mode)  # annotation files and image folders exist
+    except FileNotFoundError as e:
+        problems.append(str(e))
+    if mode == 'train':
+        problems += pretrained_problems(cfg)
+    if problems:
+        raise InputsMissing(problems)
 
 
 def _parser(description: str) -> argparse.ArgumentParser:
@@ -32,6 +134,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an input error (missing data or '
+                        'weights, a bad value) instead of its message alone (or set '
+                        f'{DEBUG_ENV}=1)')
 
 
 def _finish(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -72,7 +178,7 @@ def train_config(args: argparse.Namespace) -> Config:
     if args.amp:
         enable_amp(cfg)
     set_resume(cfg, args.resume)
-    check_data_config(cfg, 'train')  # annotation files and image folders exist
+    check_inputs(cfg, 'train')  # data and pretrained weights, all reported at once
     return cfg
 
 
@@ -92,9 +198,8 @@ def _show_predictions(cfg: Config, scope: str, show_dir: str) -> None:
 def test_config(args: argparse.Namespace) -> Config:
     """The testing config for parsed ``tools/test.py`` arguments (loads ``args.checkpoint``)."""
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    check_checkpoint_file(args.checkpoint, 'checkpoint')
+    check_inputs(cfg, 'test', args.checkpoint)  # the checkpoint and the data, at once
     cfg.load_from = args.checkpoint
-    check_data_config(cfg, 'test')  # annotation files and image folders exist
     scope = task_scope(cfg)
     if args.show_dir:
         _show_predictions(cfg, scope, args.show_dir)
@@ -122,3 +227,16 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
 def test_main(argv: Sequence[str] | None = None) -> dict:
     return test_runner(parse_test_args(argv)).test()
+
+
+def train_tool(argv: Sequence[str] | None = None) -> int:
+    """``tools/train.py``: :func:`train_main`, user errors as one message (:func:`run_tool`)."""
+    return run_tool(train_main, argv, 'train.py')
+
+
+def test_tool(argv: Sequence[str] | None = None) -> int:
+    """``tools/test.py``: :func:`test_main`, user errors as one message (:func:`run_tool`)."""
+    def main(args: list[str]) -> int:
+        test_main(args)
+        return 0
+    return run_tool(main, argv, 'test.py')

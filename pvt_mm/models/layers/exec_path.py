@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .fused import FUSED_AVAILABLE, FUSED_DTYPES, OneDNNKernels
+from .fused import FUSED_AVAILABLE, FUSED_DTYPES, OneDNNKernels, fused_kernels_allowed
 
 
 class ExecKind(enum.Enum):
@@ -53,7 +53,6 @@ class ExecPath:
 
 REFERENCE = ExecPath(ExecKind.REFERENCE)
 TRACED = ExecPath(ExecKind.TRACED)
-_fast_kernels_default = True  # only changed by the deprecated fused.set_fused_kernels
 
 
 def is_graph_capture() -> bool:
@@ -68,7 +67,7 @@ def decide_exec_path(x: Tensor, weight_dtype: torch.dtype, fast_kernels: bool = 
     device, the dtype (autocast's, else x's), grad mode and the tracing / export state."""
     if is_graph_capture():
         return TRACED
-    if not (fast_kernels and _fast_kernels_default and FUSED_AVAILABLE) \
+    if not (fast_kernels and fused_kernels_allowed() and FUSED_AVAILABLE) \
             or x.device.type != 'cpu' or weight_dtype not in FUSED_DTYPES:
         return REFERENCE
     dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype

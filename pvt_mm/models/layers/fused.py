@@ -33,14 +33,22 @@ ACTIVATIONS = {
 }
 
 
+_fused_allowed = True  # only changed by the deprecated set_fused_kernels
+
+
+def fused_kernels_allowed() -> bool:
+    """False after the deprecated ``set_fused_kernels(False)`` (read by :mod:`.exec_path`)."""
+    return _fused_allowed
+
+
 def set_fused_kernels(enabled: bool) -> None:
     """Deprecated: use the backbone option ``fast_kernels`` (``model.fast_kernels = False``).
 
     Globally allows (default) or forbids the oneDNN paths of every model."""
-    from . import exec_path
+    global _fused_allowed
     warnings.warn('set_fused_kernels is deprecated; set the backbone option fast_kernels '
                   'instead', DeprecationWarning, stacklevel=2)
-    exec_path._fast_kernels_default = bool(enabled)
+    _fused_allowed = bool(enabled)
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype, owner: nn.Module, name: str) -> Tensor | None:

@@ -15,17 +15,36 @@ shapes); other dtypes (bf16 autocast) recompute each band with autograd.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .fused import OneDNNKernels, matmul_nt
-from .shape import HW
+from .shape import HW, RowBand
 
-if TYPE_CHECKING:
-    from .mlp import Mlp
+
+class Mlp(Protocol):
+    """What the banded backward needs of :class:`.mlp.Mlp` (declared here, so this module
+    does not import the one that uses it)."""
+
+    fc1: torch.nn.Linear
+    fc2: torch.nn.Linear
+    relu: torch.nn.Module | None
+    dwconv: torch.nn.Module | None
+
+    @property
+    def halo(self) -> int: ...
+
+    def bands(self, hw: HW, row_bytes: int) -> list[RowBand]: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def _rows(self, x: Tensor, keep: slice, kernels: OneDNNKernels) -> Tensor: ...
+
+    def _forward_banded(self, x: Tensor, hw: HW, dtype: torch.dtype) -> Tensor: ...
 
 _ops = torch.ops.aten
 

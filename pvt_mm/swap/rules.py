@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .models.backbones import PVTArch
+from ..models.backbones import PVTArch
 
 # ImageNet statistics (RGB, 0-255) the official PVT checkpoints were trained with
 IMAGENET_MEAN = [123.675, 116.28, 103.53]

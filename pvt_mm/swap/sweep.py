@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .swap import SwapError, load_config, resolve_config_path, swap_config
+from .core import SwapError, load_config, resolve_config_path, swap_config
 
 SCOPES = ('mmdet', 'mmseg')
 TRACK_PREPROCESSORS = ('TrackDataPreprocessor',)
@@ -344,14 +344,39 @@ def cached_metafiles() -> Iterator[None]:
         config_utils.load = saved
 
 
+@contextlib.contextmanager
+def quiet_builds() -> Iterator[None]:
+    """While configs are built and run: mmengine's logger at WARNING (model builds log every
+    parameter's initialisation, thousands of lines per sweep), warnings ignored and what the
+    packages print swallowed; the sweep's own line per config carries the outcome."""
+    import io
+    import logging
+    import warnings
+
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
+            warnings.simplefilter('ignore')
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def sweep(configs: Sequence[str], arch: str = 'b0', image_size: int = 128,
           log: Any = print) -> list[Row]:
-    """:func:`check_config` for each config (``pkg::folder/name.py``)."""
+    """:func:`check_config` for each config (``pkg::folder/name.py``), quietly
+    (:func:`quiet_builds`): ``log`` gets one line per config."""
     import pvt_mm  # noqa: F401
     rows = []
     with cached_metafiles():
         for i, config in enumerate(configs, 1):
-            row = check_config(config, arch, image_size)
+            with quiet_builds():
+                row = check_config(config, arch, image_size)
             rows.append(row)
             log(f'[{i}/{len(configs)}] {config}: stock {row.stock}'
                 f'{", swap " + row.swap if row.swap else ""} ({row.seconds:.1f} s)'
@@ -366,7 +391,7 @@ def run_sweep(which: str, arch: str = 'b0', all_configs: bool = False,
     config fails (a refusal with its reason is not a failure). ``threads``: torch threads
     (1 by default: many small kernels, and a shared machine collapses multi-thread ones)."""
     import sys
-    from .swap import resolve_arch
+    from .core import resolve_arch
     arch = resolve_arch(arch)
     if threads:
         torch.set_num_threads(threads)
@@ -375,7 +400,7 @@ def run_sweep(which: str, arch: str = 'b0', all_configs: bool = False,
     start = time.perf_counter()
     rows = sweep(configs, arch, image_size, log=lambda m: print(m, flush=True))
     wall = time.perf_counter() - start
-    command = 'python tools/swap_backbone.py ' + ' '.join(sys.argv[1:]) \
+    command = '.venv/bin/python tools/swap_backbone.py ' + ' '.join(sys.argv[1:]) \
         if sys.argv[0].endswith('swap_backbone.py') else f'run_sweep({which!r})'
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ must set; :func:`swap_config` applies them (the whole swapped config, in memory)
 :func:`swap_backbone` writes a config file that inherits the original (``tools/swap_backbone.py``).
 
 Every place a stock config feeds backbone maps into the model is rewired (the rules live in
-:mod:`pvt_mm.swap_rules`): necks (``in_channels`` lists or ints, ``ChannelMapper`` of the
+:mod:`pvt_mm.swap.rules`): necks (``in_channels`` lists or ints, ``ChannelMapper`` of the
 DETR family, JPU's pass-through maps, ``GlobalAveragePooling`` before a ReID head), heads that
 read the backbone (mmseg heads by ``in_index``, DeepLabV3+'s ``c1_in_channels``, K-Net's
 ``kernel_generate_head``, MaskFormer / Mask2Former pixel decoders), C4 detectors (a 1x1
@@ -27,8 +27,8 @@ from typing import Any
 
 from mmengine.config import Config
 
-from .models.backbones import ARCHS, OFFICIAL_NAMES
-from .swap_rules import (IMAGENET_MEAN, IMAGENET_STD, SUBMODEL_KEYS, SwapError, as_list,
+from ..models.backbones import ARCHS, OFFICIAL_NAMES
+from .rules import (IMAGENET_MEAN, IMAGENET_STD, SUBMODEL_KEYS, SwapError, as_list,
                          fix_model, submodel_paths)
 
 __all__ = ['SwapError', 'swap_overrides', 'swap_config', 'swap_backbone', 'load_config',
