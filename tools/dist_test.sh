@@ -2,6 +2,7 @@
 # Distributed testing through torchrun, as mmdet's/mmseg's dist_test.sh:
 #   tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCESSES [test.py args...]
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR, PORT. Without CUDA the processes use gloo.
+# PYTHON picks the interpreter (default: the repository's .venv/bin/python when it exists).
 set -euo pipefail
 if [ $# -lt 3 ]; then
     echo "usage: $0 CONFIG CHECKPOINT NUM_PROCESSES [tools/test.py arguments]" >&2
