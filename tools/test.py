@@ -3,7 +3,7 @@
 Same flags as mmdet's / mmseg's ``tools/test.py``::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE|DIR]
-        [--show-dir DIR] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}] [--debug] [--debug]
+        [--show-dir DIR] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}] [--debug]
 
 An end-to-end .onnx (tools/export_onnx.py --end2end) in place of the checkpoint runs the
 config's test data and evaluator on it (pvt_mm/deploy/evaluate.py)::

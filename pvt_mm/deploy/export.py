@@ -41,8 +41,8 @@ class RawOutputs(nn.Module):
         super().__init__()
         if hasattr(model, 'rpn_head') or hasattr(model, 'roi_head'):
             raise ValueError(f'{type(model).__name__} is a two-stage detector: its raw outputs '
-                             'need NMS (RPN proposals) inside the graph; export a single-stage '
-                             'detector, a segmentor or the backbone (--arch)')
+                             'need NMS (RPN proposals) inside the graph; export it whole with '
+                             '--end2end, or the backbone (--arch)')
         self.model = model
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # running a graph needs no PyTorch; comparing with it does
+    import torch
+    from torch import Tensor
 
 RUNTIMES = ('onnxruntime', 'openvino')
 PRECISIONS = ('fp32', 'bf16')
@@ -54,7 +57,7 @@ class RuntimeModel:
                 else str(hint)
 
     def __call__(self, x: np.ndarray | Tensor) -> list[np.ndarray]:
-        if isinstance(x, Tensor):
+        if hasattr(x, 'detach'):  # a torch.Tensor
             x = x.detach().float().cpu().numpy()
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.runtime == 'onnxruntime':
@@ -76,8 +79,10 @@ def max_abs_diff(outputs: Sequence[np.ndarray], reference: Sequence[Tensor]) -> 
     return worst
 
 
-def parity(model: torch.nn.Module, runtime_model: RuntimeModel, x: Tensor) -> float:
+def parity(model: 'torch.nn.Module', runtime_model: RuntimeModel, x: Tensor) -> float:
     """Max abs difference of ``runtime_model(x)`` from ``model(x)`` (eval, fp32, no grad)."""
+    import torch
+
     from .export import flatten_outputs
     with torch.no_grad():
         ref = flatten_outputs(model.eval()(x))

@@ -1,0 +1,175 @@
+"""Two-stage detectors (Faster / Mask R-CNN with a StandardRoIHead) as one graph.
+
+:class:`End2EndTwoStage` computes what mmdet's ``TwoStageDetector.predict`` computes:
+
+1. :class:`~.end2end_det.Preprocess`, backbone, neck;
+2. RPN as ``RPNHead._predict_by_feat_single``: per level the top ``nms_pre`` anchors by
+   objectness, deltas decoded and clipped, boxes of width or height <= ``min_bbox_size``
+   dropped, NMS per level (ONNX ``NonMaxSuppression``), the best ``max_per_img`` proposals;
+3. RoI features as ``SingleRoIExtractor``: each RoI's level from its scale
+   (floor(log2(sqrt(w h) / finest_scale + 1e-6)), clamped), ONNX ``RoiAlign`` per level on the
+   RoIs of that level (one dummy RoI appended and dropped so that an empty level still runs),
+   the per-level results put back in RoI order;
+4. bbox head: softmax scores, class-specific deltas decoded and clipped, scores <= score_thr
+   dropped, class-aware NMS, top ``max_per_img``;
+5. Mask R-CNN: the mask head on the final boxes (its own RoIAlign), the sigmoid of each box's
+   class channel: ``masks`` (1, K, 28, 28) low-resolution probabilities, pasted into the image
+   outside the graph (:func:`pvt_mm.deploy.predictor.paste_masks`, as mmdet's
+   ``_do_paste_mask``).
+
+Outputs as :class:`~.end2end_det.End2EndDetector` (+ ``masks``). Batch 1.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .end2end_det import Preprocess, clip_boxes, delta2bbox, grid_anchors
+from .ops import RoIAlign, dynamic_size, multiclass_nms, nms_keep
+
+
+def _check(model: nn.Module) -> None:
+    from mmdet.models.dense_heads import RPNHead
+    from mmdet.models.roi_heads import StandardRoIHead
+    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+    roi = model.roi_head
+    problems = []
+    if type(model.rpn_head) is not RPNHead:
+        problems.append(f'rpn_head {type(model.rpn_head).__name__} (RPNHead only)')
+    if type(roi) is not StandardRoIHead:
+        problems.append(f'roi_head {type(roi).__name__} (StandardRoIHead only)')
+    else:
+        for name in ('bbox_roi_extractor', 'mask_roi_extractor'):
+            ext = getattr(roi, name, None)
+            if ext is not None and type(ext) is not SingleRoIExtractor:
+                problems.append(f'{name} {type(ext).__name__} (SingleRoIExtractor only)')
+        if not isinstance(roi.bbox_head.bbox_coder, DeltaXYWHBBoxCoder):
+            problems.append(f'bbox coder {type(roi.bbox_head.bbox_coder).__name__}')
+        if getattr(roi.bbox_head, 'custom_cls_channels', False):
+            problems.append('custom classification channels')
+        if roi.with_mask and roi.mask_head.class_agnostic:
+            problems.append('class-agnostic mask head')
+    for cfg in (model.rpn_head.test_cfg, roi.test_cfg if roi is not None else {}):
+        if (cfg.get('nms') or {}).get('type', 'nms') != 'nms':
+            problems.append(f"nms type {cfg['nms']['type']!r} (only 'nms')")
+    if problems:
+        raise ValueError(f'{type(model).__name__}: not exported end to end: ' + '; '.join(problems))
+
+
+class RoIFeatures(nn.Module):
+    """mmdet's ``SingleRoIExtractor`` with ONNX ``RoiAlign``: feats (levels of (1, C, h, w)),
+    rois (n, 4) -> (n, C, out, out)."""
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        layer = extractor.roi_layers[0]
+        if not getattr(layer, 'aligned', True) or getattr(layer, 'pool_mode', 'avg') != 'avg':
+            raise ValueError('RoIAlign with aligned=False or max pooling is not exported')
+        self.out_h, self.out_w = layer.output_size
+        self.sampling_ratio = int(layer.sampling_ratio)
+        self.scales = [float(s) for s in (1 / torch.tensor(extractor.featmap_strides,
+                                                           dtype=torch.float64)).tolist()]
+        self.finest_scale = float(extractor.finest_scale)
+
+    def forward(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+        num_levels = len(self.scales)
+        scale = torch.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
+        levels = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
+        levels = levels.clamp(min=0, max=num_levels - 1).long()
+        order, parts = [], []
+        for i in range(num_levels):
+            idx = torch.nonzero(levels == i).reshape(-1)
+            level_rois = torch.cat([rois[idx], rois.new_zeros((1, 4))])  # never empty
+            out = RoIAlign.apply(feats[i], level_rois, torch.zeros_like(level_rois[:, 0]).long(),
+                                 self.out_h, self.out_w, self.scales[i], self.sampling_ratio)
+            order.append(idx)
+            parts.append(out[:-1])
+        return torch.cat(parts)[torch.cat(order).argsort()]
+
+
+class End2EndTwoStage(nn.Module):
+    """Faster / Mask R-CNN + preprocessing + postprocessing (module docstring).
+
+    forward: (1, 3, H, W) float32 image (0-255, loaded channel order) -> num_dets, boxes,
+    scores, labels[, masks]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        _check(model)
+        self.preprocess = Preprocess.from_model(model)
+        self.model, self.rpn, self.roi = model, model.rpn_head, model.roi_head
+        rpn_cfg, rcnn_cfg = self.rpn.test_cfg, self.roi.test_cfg
+        self.rpn_pre = int(rpn_cfg.get('nms_pre', -1))
+        self.rpn_iou = float(rpn_cfg.nms.iou_threshold)
+        self.rpn_max = int(rpn_cfg.max_per_img)
+        self.rpn_min_size = float(rpn_cfg.get('min_bbox_size', -1))
+        self.score_thr = float(rcnn_cfg.score_thr)
+        self.iou_thr = float(rcnn_cfg.nms.iou_threshold)
+        self.max_per_img = int(rcnn_cfg.max_per_img)
+        self.nms_pre = self.rpn_pre
+        gen = self.rpn.prior_generator
+        self.strides = [tuple(float(s) for s in st) for st in gen.strides]
+        self.offset = float(gen.center_offset)
+        for i, base in enumerate(gen.base_anchors):
+            self.register_buffer(f'base_anchors{i}', base.float().clone())
+        self.bbox_rois = RoIFeatures(self.roi.bbox_roi_extractor)
+        self.with_mask = bool(self.roi.with_mask)
+        if self.with_mask:
+            self.mask_rois = RoIFeatures(self.roi.mask_roi_extractor)
+        self.num_classes = self.roi.bbox_head.num_classes
+
+    def proposals(self, feats: list[Tensor], height: Tensor, width: Tensor) -> Tensor:
+        """RPN: (n, 4) proposals, best first."""
+        cls_scores, bbox_preds = self.rpn(feats)
+        coder = self.rpn.bbox_coder
+        boxes, scores, levels = [], [], []
+        for i, (cls, reg) in enumerate(zip(cls_scores, bbox_preds)):
+            score = cls[0].permute(1, 2, 0).reshape(-1)
+            score = score.sigmoid() if self.rpn.use_sigmoid_cls else \
+                cls[0].permute(1, 2, 0).reshape(-1, 2).softmax(-1)[:, 0]
+            deltas = reg[0].permute(1, 2, 0).reshape(-1, 4)
+            anchors = grid_anchors(getattr(self, f'base_anchors{i}'), cls, self.strides[i],
+                                   self.offset)
+            if self.rpn_pre > 0:  # padded so that topk(nms_pre) exists at any size
+                n = torch.onnx.operators.shape_as_tensor(score)[0]
+                score, idx = torch.cat([score, score.new_zeros(self.rpn_pre)]).topk(self.rpn_pre)
+                idx = torch.minimum(idx, n - 1)
+                deltas, anchors = deltas[idx], anchors[idx]
+            boxes.append(delta2bbox(anchors, deltas, coder.means, coder.stds))
+            scores.append(score)
+            levels.append(torch.full_like(score, i, dtype=torch.long))
+        boxes = clip_boxes(torch.cat(boxes), height, width)
+        scores, levels = torch.cat(scores), torch.cat(levels)
+        if self.rpn_min_size >= 0:
+            wh = boxes[:, 2:] - boxes[:, :2]
+            scores = torch.where((wh > self.rpn_min_size).all(-1), scores,
+                                 torch.zeros_like(scores))
+        return boxes[nms_keep(boxes, scores, levels, self.rpn_iou, self.rpn_max)]
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        height, width = dynamic_size(image)
+        feats = self.model.extract_feat(self.preprocess(image))
+        rois = self.proposals(list(feats), height, width)
+        head = self.roi.bbox_head
+        levels = len(self.bbox_rois.scales)
+        cls, reg = head(self.bbox_rois(list(feats[:levels]), rois))
+        C = self.num_classes
+        scores = cls.softmax(-1)[:, :C]
+        n_reg = 1 if head.reg_class_agnostic else C
+        priors = rois[:, None, :].expand(-1, n_reg, 4).reshape(-1, 4)
+        coder = head.bbox_coder
+        boxes = delta2bbox(priors, reg.reshape(-1, 4), coder.means, coder.stds)
+        boxes = clip_boxes(boxes, height, width).reshape(-1, n_reg, 4).expand(-1, C, 4)
+        boxes = boxes.reshape(-1, 4)
+        flat = scores.reshape(-1)
+        labels = torch.arange(C)[None].expand_as(scores).reshape(-1)
+        flat = torch.where(flat > self.score_thr, flat, torch.zeros_like(flat))
+        num, boxes, scores, labels = multiclass_nms(boxes, flat, labels, self.iou_thr,
+                                                    self.max_per_img)
+        if not self.with_mask:
+            return num, boxes, scores, labels
+        mask_levels = len(self.mask_rois.scales)
+        masks = self.roi.mask_head(self.mask_rois(list(feats[:mask_levels]), boxes[0]))
+        masks = masks[torch.arange(self.max_per_img), labels[0].clamp(min=0)].sigmoid()
+        return num, boxes, scores, labels, masks[None]
