@@ -318,9 +318,7 @@ def _module_imports() -> dict[str, set[str]]:
     return graph
 
 
-# Cycles other changes are removing at the time of writing (issue 20: analysis.benchmark <->
-# contention, was deploy_bench). Delete an entry once its cycle is gone; nothing may be added.
-PENDING_CYCLES = {'pvt_mm.analysis.benchmark', 'pvt_mm.analysis.contention'}
+PENDING_CYCLES: set[str] = set()  # none left; nothing may be added here
 
 
 def test_no_import_cycles_between_modules():

@@ -71,7 +71,8 @@ def main() -> None:
     cand = spec['candidate']
     cand['modes'] = tuple(cand['modes']) if cand['modes'] is not None else None
     device = spec['device']
-    torch.set_num_threads(spec['threads'])
+    if spec['threads']:  # None: torch's default
+        torch.set_num_threads(spec['threads'])
     warm_up_runtime(cand)
     reset_peak_rss()
     start = memory_status()

@@ -21,42 +21,22 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..models.layers.threads import set_adaptive_threads
+from .contention import BusyNeighbour, is_loaded, loaded, loaded_workload
 from .deploy_bench import (RUNTIME_IMPLS, gemm_flops, gemm_workload, model_flops,
                            runtime_workload)
 from .models import (arch_spec, backbone_impl, build_from_config, build_peer_backbone,
                      check_arch, load_config, mmdet_backbone_cfg, swap_backbone,
                      synthetic_batch)
+from .workload import INFERENCE_DTYPES, SEED, Candidate, Workload
 
 MODES = ('fp32', 'bf16', 'fp16', 'train')
-INFERENCE_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-SEED = 0
 TRAIN_LR = 1e-4  # AdamW for a backbone alone (configs use their own optim_wrapper)
 MIB = 2 ** 20
+STEP_GAP_S = 0.2  # untimed pause before each step (see time_alternating)
 PAGE_BYTES = resource.getpagesize()
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One model to measure, described so that any process can build it (JSON-able).
-
-    ``role``: 'ours', 'peer' (mmdet / timm) or 'ref' (our own other variant, where mmdet has
-    no peer). ``modes``: the modes it is measured in (None: all).
-    """
-
-    label: str
-    impl: str
-    role: str
-    subject: str  # what is compared: an arch name or a config name
-    arch: str | None = None
-    config: str | None = None
-    cfg_options: dict | None = None
-    with_cp: bool = False
-    modes: tuple[str, ...] | None = None
-
-    def runs_in(self, mode: str) -> bool:
-        return self.modes is None or mode in self.modes
 
 
 def backbone_candidates(arch: str, peers: Sequence[str] = ('mmdet', 'timm'),
@@ -97,20 +77,6 @@ def config_candidates(config: str, cfg_options: dict | None = None, peers: Seque
 
 
 # ---- building what runs ------------------------------------------------------------------------
-@dataclass
-class Workload:
-    """A built model and one step of it. ``step()`` returns the loss for training steps.
-    ``features()`` gives the backbone's stage maps (for the bf16 comparison); where the
-    precision is fixed when the workload is built (the deployment runtimes), ``features()``
-    are in that precision and ``fp32_features()`` the fp32 PyTorch reference."""
-
-    model: nn.Module
-    step: Callable[[], float | None]
-    features: Callable[[], tuple[Tensor, ...]]
-    fp32_features: Callable[[], tuple[Tensor, ...]] | None = None
-    precision_note: str | None = None
-
-
 def autocast_context(mode: str, device: str) -> AbstractContextManager:
     """torch.autocast for 'bf16' / 'fp16' on ``device`` ('cpu', 'cuda', 'cuda:1'), else none."""
     device_type = device.split(':')[0]
@@ -122,12 +88,12 @@ def autocast_context(mode: str, device: str) -> AbstractContextManager:
 
 
 def build_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: int,
-                   device: str) -> Workload:
-    """Build ``c`` (seeded, so equal candidates get equal weights) ready to run ``mode``."""
+                   device: str, threads: int | None = None) -> Workload:
+    """Build ``c`` (seeded, so equal candidates get equal weights) ready to run ``mode``;
+    ``threads``: the deployment runtimes' thread count (None: their default)."""
     torch.manual_seed(SEED)
     if c.impl in RUNTIME_IMPLS:
-        return runtime_workload(c, mode, shape, batch_size, device, torch.get_num_threads(),
-                                SEED)
+        return runtime_workload(c, mode, shape, batch_size, device, threads, SEED)
     if c.config is None:
         return _backbone_workload(c, mode, shape, batch_size, device)
     return _config_workload(c, mode, shape, batch_size, device)
@@ -244,7 +210,9 @@ def time_alternating(workloads: dict[str, Workload], runs: int, warmup: int, dev
     """Warm each workload up, then run them in turn ``runs`` times.
 
     The RNG is re-seeded with the run index before every step, so two workloads of the same
-    model (with_cp on / off) draw the same dropout / drop-path masks.
+    model (with_cp on / off) draw the same dropout / drop-path masks. Each step starts
+    ``STEP_GAP_S`` after the previous one (the thread pools of ONNX Runtime / OpenVINO spin on
+    after a run and would slow the next model down) inside its workload's ``around()``.
     Returns (seconds per timed step, loss per timed step, MiB of fresh pages faulted in per
     timed step) by label. The faults show how much of a step is spent on the allocator: with
     glibc, tensors above its mmap threshold are new mappings whose pages fault in on first use.
@@ -256,12 +224,15 @@ def time_alternating(workloads: dict[str, Workload], runs: int, warmup: int, dev
         for label, w in workloads.items():
             torch.manual_seed(SEED + i)
             _sync(device)
-            faults0 = _minor_faults()
-            start = time.perf_counter()
-            loss = w.step()
-            _sync(device)
+            time.sleep(STEP_GAP_S)
+            with w.around() if w.around is not None else nullcontext():
+                faults0 = _minor_faults()
+                start = time.perf_counter()
+                loss = w.step()
+                _sync(device)
+                elapsed = time.perf_counter() - start
             if i >= warmup:
-                times[label].append(time.perf_counter() - start)
+                times[label].append(elapsed)
                 faults[label].append((_minor_faults() - faults0) * PAGE_BYTES / MIB)
                 if loss is not None:
                     losses[label].append(loss)
@@ -292,7 +263,7 @@ def reduced_precision_error(w: Workload, mode: str, device: str
 
 
 def measure_memory(c: Candidate, mode: str, shape: Sequence[int], batch_size: int,
-                   device: str, threads: int, warmup: int) -> float:
+                   device: str, threads: int | None, warmup: int) -> float:
     """Peak memory (MiB) of building ``c`` and running ``warmup`` + 1 steps, in a fresh
     subprocess (see :mod:`._memory_worker`)."""
     spec = dict(candidate=asdict(c), mode=mode, shape=list(shape), batch_size=batch_size,
@@ -318,26 +289,47 @@ def check_modes(modes: Sequence[str], device: str) -> None:
 
 def run_benchmark(candidates: Sequence[Candidate], modes: Sequence[str],
                   shapes: Sequence[tuple[int, int]], batch_size: int = 1, runs: int = 10,
-                  warmup: int = 2, device: str = 'cpu', threads: int = 2,
+                  warmup: int = 2, device: str = 'cpu', threads: int | None = 2,
                   memory_modes: Sequence[str] | None = None,
-                  log: Callable[[str], None] = print, matmul_peak: bool = False
-                  ) -> list[Result]:
+                  log: Callable[[str], None] = print, matmul_peak: bool = False,
+                  neighbour: BusyNeighbour | None = None) -> list[Result]:
     """Measure every candidate in every mode at every shape; see the module doc.
 
+    ``threads``: torch's (and the runtimes') thread count for every model, pvt_mm's own
+    choice switched off (:mod:`pvt_mm.models.layers.threads`); None: each library's default.
     ``matmul_peak``: also time a 4096^2 GEMM in each mode's precision in the same alternation
     and give each result its FLOPs and share of that peak (:mod:`.deploy_bench`). Peak memory
-    is not measured for the deployment runtimes."""
+    is not measured for the deployment runtimes. ``neighbour``: also time every candidate
+    while that process spins (:mod:`.contention`), in the same alternation."""
     check_modes(modes, device)
     memory_modes = modes if memory_modes is None else memory_modes
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
+        set_adaptive_threads(False)
+    try:
+        return _run(candidates, modes, shapes, batch_size, runs, warmup, device, threads,
+                    memory_modes, log, matmul_peak, neighbour)
+    finally:
+        if threads:
+            set_adaptive_threads(None)
+
+
+def _run(candidates: Sequence[Candidate], modes: Sequence[str],
+         shapes: Sequence[tuple[int, int]], batch_size: int, runs: int, warmup: int,
+         device: str, threads: int | None, memory_modes: Sequence[str],
+         log: Callable[[str], None], matmul_peak: bool, neighbour: BusyNeighbour | None
+         ) -> list[Result]:
     results = []
     for shape in shapes:
         for mode in modes:
             group = [c for c in candidates if c.runs_in(mode)]
             log(f'[{mode} {shape[0]}x{shape[1]} batch {batch_size}] building '
                 f'{", ".join(c.label for c in group)}')
-            workloads = {c.label: build_workload(c, mode, shape, batch_size, device)
+            workloads = {c.label: build_workload(c, mode, shape, batch_size, device, threads)
                          for c in group}
+            if neighbour is not None:
+                workloads.update({loaded(c).label: loaded_workload(workloads[c.label], neighbour)
+                                  for c in group})
             if matmul_peak:
                 workloads[GEMM_LABEL] = gemm_workload(mode, device)
             times, losses, faults = time_alternating(workloads, runs, warmup, device)
@@ -356,9 +348,18 @@ def run_benchmark(candidates: Sequence[Candidate], modes: Sequence[str],
                         workloads[c.label], mode, device)
                 results.append(r)
                 log(f'  {c.label}: {r.latency_ms:.1f} ms')
+            for c in group if neighbour is not None else ():
+                lc = loaded(c)
+                results.append(Result(lc.label, c.role, c.impl, lc.subject, mode, tuple(shape),
+                                      batch_size, times[lc.label], losses[lc.label],
+                                      faults_mib=faults[lc.label], with_cp=c.with_cp,
+                                      note=workloads[c.label].precision_note))
+                log(f'  {lc.label}: {results[-1].latency_ms:.1f} ms')
             del workloads
             if mode in memory_modes:
-                for c, r in zip(group, results[-len(group):]):
+                idle = [r for r in results[len(results) - len(group) * (2 if neighbour else 1):]
+                        if not is_loaded(r)]
+                for c, r in zip(group, idle):
                     if c.impl in RUNTIME_IMPLS:
                         continue
                     r.memory_mib = measure_memory(c, mode, shape, batch_size, device, threads,

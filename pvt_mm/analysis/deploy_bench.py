@@ -14,14 +14,11 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from .models import backbone_impl, build_backbone, build_from_config, load_config
-
-if TYPE_CHECKING:
-    from .benchmark import Candidate, Workload
+from .workload import INFERENCE_DTYPES, Candidate, Workload
 
 RUNTIME_IMPLS = ('onnxruntime', 'openvino')
 RUNTIME_MODES = ('fp32', 'bf16')
@@ -64,7 +61,6 @@ def runtime_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: 
     'ours' candidate, so the weights are the same) on the same input."""
     from ..deploy.export import RawOutputs, flatten_outputs
     from ..deploy.runtimes import RuntimeModel
-    from .benchmark import Workload
     from .models import synthetic_batch
     if device != 'cpu':
         raise ValueError(f'{c.impl} is benchmarked on CPU only')
@@ -98,7 +94,6 @@ def runtime_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: 
 
 def gemm_workload(mode: str, device: str) -> Workload:
     """A GEMM_SIZE^2 matmul in the mode's precision (fp32 for fp32 / train)."""
-    from .benchmark import INFERENCE_DTYPES, Workload
     dtype = INFERENCE_DTYPES.get(mode, torch.float32)
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(GEMM_SIZE, GEMM_SIZE, generator=g).to(device, dtype) for _ in range(2))

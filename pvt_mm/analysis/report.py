@@ -162,9 +162,10 @@ def write_markdown(path: str | Path, text: str, section: str | None = None) -> N
     path.write_text(new)
 
 
-def save_plot(results: Sequence[Result], path: str | Path) -> None:
+def save_plot(results: Sequence[Result], path: str | Path, note: str | None = None) -> None:
     """Grouped bars, one column of panels per mode: latency (log scale) on top and, where
-    measured, peak memory below; one group per subject / input size, one bar per model."""
+    measured, peak memory below; one group per subject / input size, one bar per model.
+    ``note``: a footer (the machine's load during the run)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -205,7 +206,11 @@ def save_plot(results: Sequence[Result], path: str | Path) -> None:
     handles = {h.get_label(): h for ax in axes.flat for h in ax.containers}
     fig.legend(list(handles.values()), list(handles), loc='upper center',
                ncol=len(handles), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 0.93))
+    if note:
+        import textwrap
+        fig.text(0.01, 0.005, textwrap.fill(note, int(fig.get_figwidth() * 16)), fontsize=6,
+                 va='bottom', color='red' if note.startswith('NOT IDLE') else 'black')
     fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
 

@@ -8,6 +8,7 @@ from .attention import AttnMode, SpatialReductionAttention
 from .exec_path import ExecPath, decide_exec_path
 from .mlp import Mlp
 from .shape import HW
+from .threads import cpu_threads
 
 BLOCK_LN_EPS = 1e-6  # the official blocks use LayerNorm(eps=1e-6)
 
@@ -36,5 +37,6 @@ class PVTBlock(nn.Module):
         execution path (:mod:`.exec_path`; decided here when the block is called alone)."""
         if path is None:
             path = decide_exec_path(x, self.attn.q.weight.dtype)
-        x = x + self.drop_path(self.attn(self.norm1(x), hw, path))
-        return x + self.drop_path(self.mlp(self.norm2(x), hw, path))
+        with cpu_threads(x):  # threads from the CPUs free now (.threads)
+            x = x + self.drop_path(self.attn(self.norm1(x), hw, path))
+            return x + self.drop_path(self.mlp(self.norm2(x), hw, path))
