@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,10 @@ import pvt_mm  # noqa: F401  first: pvt_mm._compat guards mmpretrain before mmde
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Numerics must not depend on the suite's own load: pvt_mm keeps torch's thread count (its
+# load-following choice is tested in test_threads.py / test_contention.py, which switch it on).
+# Also read by the tools the tests start as subprocesses.
+os.environ['PVT_MM_ADAPTIVE_THREADS'] = '0'
 
 
 @pytest.fixture(autouse=True)

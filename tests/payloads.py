@@ -157,3 +157,23 @@ def plant(real: Path, path: Path, **meta: Any) -> Path:
     checkpoint['meta'].update(meta)
     torch.save(checkpoint, path)
     return path
+
+
+def flip_inside_a_tensor_record(src: Path, dst: Path) -> str:
+    """``src`` copied to ``dst`` with one bit flipped in the middle of its largest tensor
+    record (the zip's CRC-32 for that record no longer matches); returns the record."""
+    import shutil
+    import zipfile
+    shutil.copy(src, dst)
+    with zipfile.ZipFile(dst) as archive:
+        info = max((i for i in archive.infolist() if '/data/' in i.filename),
+                   key=lambda i: i.file_size)
+    with open(dst, 'r+b') as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(f.read(2), 'little') for _ in range(2))
+        where = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(where)
+        byte = f.read(1)[0]
+        f.seek(where)
+        f.write(bytes([byte ^ 0x10]))
+    return info.filename

@@ -11,12 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import official_state_dict
+from payloads import flip_inside_a_tensor_record, forged_object_array
 
 from pvt_mm import CheckpointError
+from pvt_mm.checkpoint import read_checkpoint, write_checkpoint
 from pvt_mm.engine import cli
+from pvt_mm.engine.checkpoint_io import check_model_checkpoint
 from pvt_mm.engine.config_check import check_model_config
 from pvt_mm.engine.runtime import load_config
 from pvt_mm.models.backbones import PVT, PVTv2
+from pvt_mm.visualization.inference import collect_images
 
 ROOT = Path(__file__).resolve().parents[1]
 ATSS = str(ROOT / 'configs' / 'demo' / 'atss_pvtv2-b0_fpn_demo.py')
@@ -60,6 +64,46 @@ def _missing_seg_dataset(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('PVT_MM_DEMO_DATA', str(tmp_path / 'no_data'))
         cli.train_config(cli.parse_train_args([SEG, '--work-dir', str(tmp_path / 'w')]))
+
+
+def _forged_numpy_object(tmp_path: Path) -> None:
+    path = tmp_path / 'forged.pth'  # without the set(): nothing dereferences it while loading
+    torch.save({'meta': {'seed': forged_object_array(0, wrap_in_set=False)}}, path)
+    read_checkpoint(path)
+
+
+def _flipped_byte_in_pth(tmp_path: Path) -> None:
+    torch.save({'state_dict': {'w': torch.arange(4096.)}}, tmp_path / 'good.pth')
+    flip_inside_a_tensor_record(tmp_path / 'good.pth', tmp_path / 'epoch_1.pth')
+    read_checkpoint(tmp_path / 'epoch_1.pth')
+
+
+def _flipped_byte_in_safetensors(tmp_path: Path) -> None:
+    path = write_checkpoint({'w': torch.arange(4096.)}, tmp_path / 'b0.safetensors')
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+    read_checkpoint(path)
+
+
+def _published_name_mismatch(tmp_path: Path) -> None:
+    torch.save({'state_dict': {'w': torch.zeros(2)}}, tmp_path / 'atss_demo-0123abcd.pth')
+    read_checkpoint(tmp_path / 'atss_demo-0123abcd.pth')
+
+
+def _checkpoint_of_another_model(tmp_path: Path) -> None:
+    """What tools/infer.py's inferencer checks before the weights go in."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    model = MODELS.build(load_config(ATSS, None, str(tmp_path / 'w')).model)
+    b1 = {f'backbone.{k}': v for k, v in PVTv2(arch='b1').state_dict().items()}
+    check_model_checkpoint(model, {'state_dict': b1}, 'b1.pth')
+
+
+def _text_file_named_jpg(tmp_path: Path) -> None:
+    (tmp_path / 'photo.jpg').write_text('not an image\n')
+    collect_images(tmp_path / 'photo.jpg')
 
 
 def _cfg(**options):
@@ -138,6 +182,18 @@ ROWS = [
     # ---- loading ----------------------------------------------------------------------------
     ('in_channels=1, 2-channel checkpoint', _in_channels_1_with_2_channel_checkpoint,
      CheckpointError, r'stages\.0\.patch_embed\.proj\.weight: checkpoint \(32, 2, 7, 7\)'),
+    ('forged numpy object', _forged_numpy_object, CheckpointError,
+     r'forged\.pth .*refused numpy dtype'),
+    ('flipped byte in a .pth', _flipped_byte_in_pth, CheckpointError,
+     r"epoch_1\.pth is damaged: record '.*/data/0' does not match its stored CRC-32"),
+    ('flipped byte in a .safetensors', _flipped_byte_in_safetensors, CheckpointError,
+     r'b0\.safetensors is damaged: its tensor data hashes to'),
+    ('published name whose hash does not match', _published_name_mismatch, CheckpointError,
+     r'atss_demo-0123abcd\.pth is damaged or renamed'),
+    ('checkpoint of another model', _checkpoint_of_another_model, CheckpointError,
+     r'b1\.pth does not match the model \(ATSS, backbone PVTv2 \(b0\)\)'),
+    ('text file named .jpg', _text_file_named_jpg, ValueError,
+     r'photo\.jpg is not a readable image \(OpenCV knows no format'),
     # ---- config (tools/train.py, tools/test.py) -------------------------------------------
     ('neck in_channels != backbone out_channels',
      _cfg(**{'model.neck.in_channels': [64, 128, 320, 512]}), ValueError,

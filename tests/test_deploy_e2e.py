@@ -330,3 +330,46 @@ def test_benchmark_end2end_rows(capsys):
     for route in ('eager', 'onnxruntime', 'openvino'):
         assert f'atss_pvtv2-b0_fpn_demo @64x64 {route} fp32 |' in out
     assert 'outside the backbone' in out and 'load average' in out
+
+
+ALTSTACK_CHECK = r'''
+import ctypes, gc, signal, subprocess, sys
+import numpy as np, torch
+from pvt_mm.deploy.runtimes import RuntimeModel
+signal.signal(signal.SIGCHLD, lambda *a: None)  # a Python handler, as torch's DataLoader sets
+torch.onnx.export(torch.nn.Conv2d(3, 8, 3), torch.randn(1, 3, 16, 16), sys.argv[1], dynamo=False)
+x = np.random.rand(1, 3, 16, 16).astype(np.float32)
+first, second = RuntimeModel(sys.argv[1], 'openvino'), RuntimeModel(sys.argv[1], 'openvino')
+first(x), second(x)
+del first; gc.collect()
+del second; gc.collect()
+
+
+class Stack(ctypes.Structure):
+    _fields_ = [('sp', ctypes.c_void_p), ('flags', ctypes.c_int), ('size', ctypes.c_size_t)]
+
+
+stack = Stack()
+assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+if not stack.flags & 2:  # SS_DISABLE: no alternate stack, nothing to check
+    lo, hi = stack.sp, stack.sp + stack.size
+    maps = [tuple(int(v, 16) for v in line.split()[0].split('-'))
+            for line in open('/proc/self/maps')]
+    assert any(a <= lo and hi <= b for a, b in maps), 'alternate signal stack is unmapped'
+for _ in range(10):  # signals handled on that stack
+    subprocess.run([sys.executable, '-S', '-c', 'pass'], check=True)
+print('ok')
+'''
+
+
+def test_openvino_models_leave_a_valid_signal_stack(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack for one of its own and
+    unmaps it when released; two plugins released in creation order left it pointing at
+    unmapped memory, and the next signal (a child process exiting, with torch's DataLoader
+    SIGCHLD handler installed) corrupted the heap: the suite died with SIGSEGV in an unrelated
+    test. RuntimeModels share one Core (one plugin), so the stack stays valid. In a child
+    process (a failure is a crash, and the parent keeps no plugin of it)."""
+    proc = subprocess.run([sys.executable, '-c', ALTSTACK_CHECK, str(tmp_path / 'conv.onnx')],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), (
+        proc.returncode, proc.stderr[-2000:])

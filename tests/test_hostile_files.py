@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,9 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
 import numpy as np
-from payloads import (OLD_ALLOW_LIST, forged_object_array, history_buffer,
-                      history_buffer_method, plain_payload, plant, run_options)
+from payloads import (OLD_ALLOW_LIST, flip_inside_a_tensor_record, forged_object_array,
+                      history_buffer, history_buffer_method, plain_payload, plant,
+                      run_options)
 from pvt_mm.checkpoint import read_checkpoint
 from pvt_mm.convert import CheckpointError
 from pvt_mm.demo import DemoDataSpec, make_demo_data
@@ -200,25 +200,9 @@ def test_crafted_records_are_named(case, tmp_path):
 
 
 # ---- 4. damaged files ----------------------------------------------------------------------
-def _flip_inside_a_tensor_record(src: Path, dst: Path) -> str:
-    shutil.copy(src, dst)
-    with zipfile.ZipFile(dst) as archive:
-        info = max((i for i in archive.infolist() if '/data/' in i.filename),
-                   key=lambda i: i.file_size)
-    with open(dst, 'r+b') as f:
-        f.seek(info.header_offset + 26)
-        name_len, extra_len = (int.from_bytes(f.read(2), 'little') for _ in range(2))
-        where = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
-        f.seek(where)
-        byte = f.read(1)[0]
-        f.seek(where)
-        f.write(bytes([byte ^ 0x10]))
-    return info.filename
-
-
 def test_a_flipped_byte_in_a_tensor_record_is_caught(runs, tmp_path, monkeypatch):
     path = tmp_path / 'damaged.pth'
-    record = _flip_inside_a_tensor_record(runs['det'], path)
+    record = flip_inside_a_tensor_record(runs['det'], path)
     with pytest.raises(CheckpointError, match='CRC-32') as err:
         read_checkpoint(path)
     assert str(path) in str(err.value) and record in str(err.value)

@@ -121,7 +121,7 @@ def test_forward_threads_follow_load_quota_and_user(tmp_path: Path, two_threads,
     # the user's count wins: torch.set_num_threads, OMP_NUM_THREADS, switched off
     monkeypatch.setattr(T, 'PROC_LOADAVG', _loadavg(tmp_path, 3))
     T._decision = None
-    for user in ('set', 'env', 'off'):
+    for user in ('set', 'env', 'off', 'deterministic'):
         if user == 'set':
             torch.set_num_threads(1)
             assert T.explicit_threads() and T.forward_threads() is None
@@ -130,8 +130,10 @@ def test_forward_threads_follow_load_quota_and_user(tmp_path: Path, two_threads,
         with monkeypatch.context() as m:
             if user == 'env':
                 m.setenv('OMP_NUM_THREADS', '2')
-            else:
+            elif user == 'off':
                 T.set_adaptive_threads(False)
+            else:  # results must not depend on the load
+                m.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: True)
             assert set(_threads_seen(model)) == {2}
         T.set_adaptive_threads(None)
 

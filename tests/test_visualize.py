@@ -156,7 +156,8 @@ def demo_run(tmp_path_factory) -> Path:
     spec = DemoDataSpec(num_train=8, num_val=4)
     opts = ['--data-root', str(work / 'data'), '--work-dir', str(work / 'run'),
             '--num-train', str(spec.num_train), '--num-val', str(spec.num_val),
-            '--det-epochs', '1', '--seg-iters', '2', '--min-map50', '0', '--time-budget', '0']
+            '--det-epochs', '1', '--seg-iters', '2', '--min-map50', '0', '--min-miou', '0',
+            '--time-budget', '0']
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('PVT_MM_DEMO_DATA', str(work / 'data'))  # restored afterwards
         assert run_demo(opts) == 0

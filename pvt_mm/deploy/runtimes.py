@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +19,23 @@ PRECISIONS = ('fp32', 'bf16')
 # kernels for this graph (MatMul / Conv / LayerNormalization): it runs fp32 whatever is asked.
 ORT_KERNEL_PRECISION = {'fp32': 'fp32', 'bf16': 'fp32'}
 OPENVINO_PRECISION_HINT = {'fp32': 'f32', 'bf16': 'bf16'}
+
+
+@lru_cache(maxsize=None)
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, kept for the life of the process.
+
+    Each Core loads its own CPU plugin, and on Linux each CPU plugin points the creating
+    thread's alternate signal stack (``sigaltstack``) at a buffer of its own, which it unmaps
+    when the plugin goes; it restores the previous stack only when its own is still current.
+    Two plugins released in creation order (A, B: A goes first, then B restores A's unmapped
+    buffer) leave the thread's alternate stack pointing at freed memory, and every later
+    signal handled with ``SA_ONSTACK`` there (all of Python's handlers, e.g. the ``SIGCHLD``
+    handler torch's DataLoader installs) writes its frame into whatever lives there now: the
+    heap is corrupted and the process dies later, far from the cause. One Core per process,
+    never released, creates one plugin and one stack that stays valid."""
+    import openvino as ov
+    return ov.Core()
 
 
 class RuntimeModel:
@@ -45,12 +64,11 @@ class RuntimeModel:
             self.input_name = self._session.get_inputs()[0].name
             self.kernel_precision = ORT_KERNEL_PRECISION[precision]
         else:
-            import openvino as ov
             config = {'INFERENCE_PRECISION_HINT': OPENVINO_PRECISION_HINT[precision],
                       'PERFORMANCE_HINT': 'LATENCY'}
             if threads:
                 config['INFERENCE_NUM_THREADS'] = threads
-            self._compiled = ov.Core().compile_model(str(path), 'CPU', config)
+            self._compiled = openvino_core().compile_model(str(path), 'CPU', config)
             self._request = self._compiled.create_infer_request()
             hint = self._compiled.get_property('INFERENCE_PRECISION_HINT')
             self.kernel_precision = hint.get_type_name() if hasattr(hint, 'get_type_name') \

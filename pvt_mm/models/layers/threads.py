@@ -58,10 +58,15 @@ def explicit_threads() -> bool:
     ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set, or ``torch.get_num_threads()`` different
     from the count torch had when pvt_mm was imported (a ``torch.set_num_threads(n)`` call,
     or an outer pvt_mm forward that already chose). ``torch.set_num_threads`` with the very
-    count torch started with cannot be told from the default: switch adaptation off for that."""
+    count torch started with cannot be told from the default: switch adaptation off for that.
+    Also True under ``torch.use_deterministic_algorithms(True)`` (mmengine's
+    ``randomness=dict(deterministic=True)``): a reduction split over another number of threads
+    rounds differently, so a count that follows the machine's load would make results depend
+    on it."""
     adaptive = _adaptive if _adaptive is not None else os.environ.get(ADAPT_ENV, '1') != '0'
     return (not adaptive or any(os.environ.get(v) for v in USER_ENV)
-            or torch.get_num_threads() != _STARTUP_THREADS)
+            or torch.get_num_threads() != _STARTUP_THREADS
+            or torch.are_deterministic_algorithms_enabled())
 
 
 def affinity_cpus() -> set[int]:
