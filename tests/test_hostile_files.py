@@ -276,7 +276,7 @@ def test_mmdet_and_mmseg_apis_load_our_checkpoints(runs, tmp_path, monkeypatch):
     from mmdet.apis import DetInferencer, inference_detector, init_detector
     from mmseg.apis import MMSegInferencer, inference_model, init_model
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
-    before = torch.serialization.get_safe_globals()
+    before = set(torch.serialization.get_safe_globals())  # a set: torch keeps no order
     image = str(runs['image'])
     det = DetInferencer(model=ATSS, weights=str(runs['det']), device='cpu',
                         show_progress=False)
@@ -286,7 +286,7 @@ def test_mmdet_and_mmseg_apis_load_our_checkpoints(runs, tmp_path, monkeypatch):
     seg = MMSegInferencer(model=SEG, weights=str(runs['seg']), device='cpu')
     assert seg(image)['predictions'].shape == (128, 128)
     assert inference_model(init_model(SEG, str(runs['seg']), device='cpu'), image).pred_sem_seg.data.numel()
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == before
     # meta-check: mmengine's own local loader refuses our Runner checkpoints
     from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
     monkeypatch.setitem(CheckpointLoader._schemes, '', load_from_local)

@@ -18,6 +18,7 @@ from mmengine.config import Config
 
 from pvt_mm.demo import DemoDataSpec, draw_scene
 from pvt_mm.demo.pipeline import run_demo
+from pvt_mm.engine.checkpoint_io import latest_checkpoint
 from pvt_mm.models.backbones import PVT, PVTv2
 from pvt_mm.visualization import backbone_maps, query_attention, visualize_backbone
 from pvt_mm.visualization.inference import infer
@@ -184,7 +185,7 @@ def test_demo_writes_prediction_pictures_and_curves(demo_run, capsys):
 def test_infer_tool_draws_predictions(demo_run, stage, config, tmp_path):
     """Runner checkpoints (with HistoryBuffer logs) load into the mm inferencers."""
     run = demo_run / 'run' / stage
-    checkpoint = (run / 'last_checkpoint').read_text().strip()
+    checkpoint = latest_checkpoint(run)
     folder = 'coco/val' if stage == 'det' else 'ade/images/validation'
     image = sorted((demo_run / 'data' / folder).glob('*.jpg'))[0]
     paths = infer(image, ROOT / config, checkpoint, tmp_path, score_thr=0.0)

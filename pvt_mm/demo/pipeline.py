@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mmengine.hooks import Hook
 
+from ..engine.checkpoint_io import latest_checkpoint
 from .dataset import DemoDataSpec, make_demo_data
 from .plan import (TARGET_MIOU, VAL_POINTS, Plan, Speed, Work, det_seconds, measure_speed,
                    plan_demo, replan_seg)
@@ -181,7 +182,7 @@ def _train_and_test(name: str, config: str, work_dir: Path, length: int | None,
     if missing:
         raise RuntimeError(f'{name}: the evaluator did not report {missing}; got {metrics}')
     picked = {label: float(metrics[key]) for label, key in metric_keys.items()}
-    checkpoint = _final_link((work_dir / 'last_checkpoint').read_text().strip(), work_dir)
+    checkpoint = _final_link(latest_checkpoint(work_dir), work_dir)
     try:
         pictures = _pictures(name, runner, work_dir)
     except Exception as e:  # the metrics stand without the pictures
@@ -191,16 +192,18 @@ def _train_and_test(name: str, config: str, work_dir: Path, length: int | None,
                        config, checkpoint, pictures)
 
 
-def _final_link(checkpoint: str, work_dir: Path) -> str:
+def _final_link(checkpoint: str | None, work_dir: Path) -> str:
     """``work_dir/final.pth``, a link to the stage's last checkpoint (its epoch or iteration
     count follows the plan), so commands can name one path; the checkpoint if no link."""
+    if checkpoint is None:
+        raise RuntimeError(f'{work_dir}: training saved no checkpoint (no last_checkpoint)')
     link = work_dir / 'final.pth'
     try:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(Path(checkpoint).name)
     except OSError:
-        return checkpoint
+        return str(checkpoint)
     return str(link)
 
 
