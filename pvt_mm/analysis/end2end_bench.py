@@ -14,13 +14,40 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 RUNTIMES = ('onnxruntime', 'openvino')
+
+
+@contextlib.contextmanager
+def fp32_mmcv_ops() -> Iterator[None]:
+    """mmcv's CPU NMS and RoIAlign kernels take float32 only; under bf16 autocast their inputs
+    arrive in bf16 ("expected scalar type Float but found BFloat16"). While the block runs,
+    they compute in float32 and return floating results in their first input's dtype;
+    restored afterwards."""
+    from mmcv.ops.nms import NMSop
+    from mmcv.ops.roi_align import RoIAlignFunction
+
+    def fp32(forward: Callable) -> Callable:
+        def cast(ctx, *args, **kwargs):
+            dtype = args[0].dtype
+            args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+                    for a in args]
+            out = forward(ctx, *args, **kwargs)
+            return out.to(dtype) if torch.is_tensor(out) and out.is_floating_point() else out
+        return staticmethod(cast)
+    saved = [(cls, cls.__dict__['forward']) for cls in (NMSop, RoIAlignFunction)]
+    try:
+        for cls, forward in saved:
+            cls.forward = fp32(forward.__func__)
+        yield
+    finally:
+        for cls, forward in saved:
+            cls.forward = forward
 
 
 def _eager_whole(model: torch.nn.Module, image: np.ndarray, task: str, bf16: bool) -> Callable:
@@ -35,7 +62,7 @@ def _eager_whole(model: torch.nn.Module, image: np.ndarray, task: str, bf16: boo
 
     def run() -> None:
         ctx = torch.autocast('cpu', torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), ctx, fp32_mmcv_ops() if bf16 else contextlib.nullcontext():
             model.test_step(dict(inputs=inputs, data_samples=[Sample(metainfo=meta)]))
     return run
 
@@ -130,19 +157,20 @@ def end2end_main(configs: Sequence[str], shapes: Sequence[Sequence[int]],
     if threads:
         torch.set_num_threads(threads)
     modes = [m for m in modes if m in ('fp32', 'bf16')] or ['fp32']
+    from .machine_load import LoadMonitor
     before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         medians = {}
-        for config in configs:
-            for shape in shapes:
-                rows = build_rows(config, shape, modes, runtimes, threads, Path(tmp))
-                medians.update(time_rows(rows, runs, warmup))
-    after = os.getloadavg()
-    lines = report(medians) + [
-        f'load average (1 min) before / after: {before[0]:.2f} / {after[0]:.2f}'
-        + ('  (NOT idle: timings are not the idle speed)' if max(before[0], after[0]) >= 1
-           else ''),
+        with LoadMonitor(loadavg_start=before) as monitor:  # other processes, not this one
+            for config in configs:
+                for shape in shapes:
+                    rows = build_rows(config, shape, modes, runtimes, threads, Path(tmp))
+                    medians.update(time_rows(rows, runs, warmup))
+    load = monitor.report
+    lines = report(medians) + [f'{k}: {v}' for k, v in load.lines().items()] + [
         f'median of {runs} alternated runs after {warmup} warm-up, torch threads '
         f'{torch.get_num_threads()}, random weights']
+    if load.warning():
+        lines.append(load.warning())
     print('\n'.join(lines))
     return lines

@@ -1,7 +1,9 @@
 """End-to-end export: a config + checkpoint -> one self-sufficient .onnx (``--end2end``).
 
 The graph holds preprocessing, the model and postprocessing (:mod:`.end2end_det`: single-stage
-detectors, :mod:`.end2end_twostage`: Faster / Mask R-CNN, :mod:`.end2end_seg`: segmentors);
+detectors, :mod:`.end2end_twostage`: Faster / Mask R-CNN, :mod:`.end2end_cascade`: Cascade
+(Mask) R-CNN, :mod:`.end2end_detr`: DETR, Deformable DETR, DINO, :mod:`.end2end_sparse`:
+Sparse R-CNN, :mod:`.end2end_seg`: segmentors);
 its input is ONE image (batch 1; a batch > 1 is refused by the graph's
 fixed batch dimension and by the predictor), float32 (1, 3, H, W), 0-255, channels in the order
 the pipeline loads them (BGR from cv2), already resized by the config's test ``Resize``. The
@@ -30,15 +32,12 @@ from .predictor import METADATA_KEY, read_metadata  # noqa: F401  (read_metadata
 # test pipeline steps that need nothing at run time (loading, annotations, packing)
 PASSIVE_STEPS = ('LoadImageFromFile', 'LoadAnnotations', 'PackDetInputs', 'PackSegInputs')
 # families refused, with the reason (checked on the model's class names, MRO included)
+# families refused before anything is built, with the reason (the model's class names, MRO
+# included); within an exported family, what a wrapper cannot reproduce is refused by it
 REFUSED = {
-    'DETR': 'DETR family: its transformer decoder and top-k set postprocessing have no '
-            'end-to-end graph yet',
-    'DeformableDETR': 'Deformable DETR / DINO: multi-scale deformable attention '
-                      '(mmcv MultiScaleDeformableAttention) has no exported grid_sample route '
-                      'yet',
-    'SparseRCNN': 'Sparse R-CNN: its iterative dynamic-conv stages with multi-level RoIAlign '
-                  'are not exported yet',
-    'CascadeRCNN': 'Cascade R-CNN: multi-stage RoI heads with RoIAlign are not exported yet',
+    'HybridTaskCascade': 'Hybrid Task Cascade: its interleaved mask branches and semantic head '
+                         'are not exported (Cascade R-CNN / Cascade Mask R-CNN are)',
+    'MaskFormer': 'MaskFormer / Mask2Former: query-based panoptic heads are not exported',
 }
 
 
@@ -110,6 +109,16 @@ def wrap_end2end(model: nn.Module, task: str) -> nn.Module:
     if task == 'seg':
         from .end2end_seg import End2EndSegmentor
         return End2EndSegmentor(model).eval()
+    families = {c.__name__ for c in type(model).__mro__}
+    if 'DetectionTransformer' in families:  # DETR, Deformable DETR, DINO
+        from .end2end_detr import End2EndDETR
+        return End2EndDETR(model).eval()
+    if 'SparseRCNN' in families:
+        from .end2end_sparse import End2EndSparseRCNN
+        return End2EndSparseRCNN(model).eval()
+    if 'CascadeRCNN' in families:
+        from .end2end_cascade import End2EndCascade
+        return End2EndCascade(model).eval()
     if hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
         from .end2end_twostage import End2EndTwoStage
         return End2EndTwoStage(model).eval()
@@ -143,8 +152,9 @@ def metadata(cfg: Any, wrapped: nn.Module, task: str, outputs: list[str]) -> dic
         mask_thr = float(getattr(getattr(wrapped, 'roi', None), 'test_cfg', {}).get(
             'mask_thr_binary', 0.5)) if getattr(wrapped, 'with_mask', False) else None
         out.update(masks=mask_thr is not None, mask_thr_binary=mask_thr,
-                   score_thr=wrapped.score_thr, iou_thr=wrapped.iou_thr,
-                   max_per_img=wrapped.max_per_img, nms_pre=wrapped.nms_pre)
+                   score_thr=getattr(wrapped, 'score_thr', None),
+                   iou_thr=getattr(wrapped, 'iou_thr', None),  # None: no NMS (DETR family)
+                   max_per_img=wrapped.max_per_img, nms_pre=getattr(wrapped, 'nms_pre', None))
     return out
 
 

@@ -28,33 +28,41 @@ from .end2end_det import Preprocess, clip_boxes, delta2bbox, grid_anchors
 from .ops import RoIAlign, dynamic_size, multiclass_nms, nms_keep
 
 
-def _check(model: nn.Module) -> None:
+def rpn_problems(model: nn.Module) -> list[str]:
+    """What the graph cannot reproduce in ``model``'s RPN and RoI test configs."""
     from mmdet.models.dense_heads import RPNHead
-    from mmdet.models.roi_heads import StandardRoIHead
-    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
-    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
-    roi = model.roi_head
     problems = []
     if type(model.rpn_head) is not RPNHead:
         problems.append(f'rpn_head {type(model.rpn_head).__name__} (RPNHead only)')
-    if type(roi) is not StandardRoIHead:
-        problems.append(f'roi_head {type(roi).__name__} (StandardRoIHead only)')
-    else:
-        for name in ('bbox_roi_extractor', 'mask_roi_extractor'):
-            ext = getattr(roi, name, None)
-            if ext is not None and type(ext) is not SingleRoIExtractor:
-                problems.append(f'{name} {type(ext).__name__} (SingleRoIExtractor only)')
-        if not isinstance(roi.bbox_head.bbox_coder, DeltaXYWHBBoxCoder):
-            problems.append(f'bbox coder {type(roi.bbox_head.bbox_coder).__name__}')
-        if getattr(roi.bbox_head, 'custom_cls_channels', False):
-            problems.append('custom classification channels')
-        if roi.with_mask and roi.mask_head.class_agnostic:
-            problems.append('class-agnostic mask head')
-    for cfg in (model.rpn_head.test_cfg, roi.test_cfg if roi is not None else {}):
+    for cfg in (model.rpn_head.test_cfg, model.roi_head.test_cfg or {}):
         if (cfg.get('nms') or {}).get('type', 'nms') != 'nms':
             problems.append(f"nms type {cfg['nms']['type']!r} (only 'nms')")
+    return problems
+
+
+def head_problems(extractors: dict[str, nn.Module | None], bbox_head: nn.Module,
+                  mask_head: nn.Module | None) -> list[str]:
+    """What the graph cannot reproduce in one stage's RoI extractors, bbox and mask heads."""
+    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+    problems = []
+    for name, ext in extractors.items():
+        if ext is not None and type(ext) is not SingleRoIExtractor:
+            problems.append(f'{name} {type(ext).__name__} (SingleRoIExtractor only)')
+    if not isinstance(bbox_head.bbox_coder, DeltaXYWHBBoxCoder):
+        problems.append(f'bbox coder {type(bbox_head.bbox_coder).__name__}')
+    if getattr(bbox_head, 'custom_cls_channels', False) or \
+            getattr(bbox_head, 'custom_activation', False):
+        problems.append('custom classification channels / activation')
+    if mask_head is not None and mask_head.class_agnostic:
+        problems.append('class-agnostic mask head')
+    return problems
+
+
+def refuse(model: nn.Module, problems: list[str]) -> None:
     if problems:
-        raise ValueError(f'{type(model).__name__}: not exported end to end: ' + '; '.join(problems))
+        raise ValueError(f'{type(model).__name__}: not exported end to end: ' +
+                         '; '.join(problems))
 
 
 class RoIFeatures(nn.Module):
@@ -96,7 +104,7 @@ class End2EndTwoStage(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        _check(model)
+        self.check(model)
         self.preprocess = Preprocess.from_model(model)
         self.model, self.rpn, self.roi = model, model.rpn_head, model.roi_head
         rpn_cfg, rcnn_cfg = self.rpn.test_cfg, self.roi.test_cfg
@@ -113,10 +121,30 @@ class End2EndTwoStage(nn.Module):
         self.offset = float(gen.center_offset)
         for i, base in enumerate(gen.base_anchors):
             self.register_buffer(f'base_anchors{i}', base.float().clone())
-        self.bbox_rois = RoIFeatures(self.roi.bbox_roi_extractor)
         self.with_mask = bool(self.roi.with_mask)
+        self.setup_stages()
+
+    @staticmethod
+    def check(model: nn.Module) -> None:
+        """ValueError naming what the graph cannot reproduce."""
+        from mmdet.models.roi_heads import StandardRoIHead
+        roi = model.roi_head
+        problems = rpn_problems(model)
+        if type(roi) is not StandardRoIHead:
+            problems.append(f'roi_head {type(roi).__name__} (StandardRoIHead only)')
+        else:
+            problems += head_problems(
+                dict(bbox_roi_extractor=roi.bbox_roi_extractor,
+                     mask_roi_extractor=getattr(roi, 'mask_roi_extractor', None)),
+                roi.bbox_head, roi.mask_head if roi.with_mask else None)
+        refuse(model, problems)
+
+    def setup_stages(self) -> None:
+        """One stage: its RoI feature extractors and heads."""
+        self.bbox_rois = RoIFeatures(self.roi.bbox_roi_extractor)
         if self.with_mask:
             self.mask_rois = RoIFeatures(self.roi.mask_roi_extractor)
+        self.last_bbox_head = self.roi.bbox_head
         self.num_classes = self.roi.bbox_head.num_classes
 
     def proposals(self, feats: list[Tensor], height: Tensor, width: Tensor) -> Tensor:
@@ -147,13 +175,19 @@ class End2EndTwoStage(nn.Module):
                                  torch.zeros_like(scores))
         return boxes[nms_keep(boxes, scores, levels, self.rpn_iou, self.rpn_max)]
 
-    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        height, width = dynamic_size(image)
-        feats = self.model.extract_feat(self.preprocess(image))
-        rois = self.proposals(list(feats), height, width)
-        head = self.roi.bbox_head
-        levels = len(self.bbox_rois.scales)
-        cls, reg = head(self.bbox_rois(list(feats[:levels]), rois))
+    def refine(self, feats: list[Tensor], rois: Tensor, height: Tensor, width: Tensor
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """The bbox head on the proposals: (rois (n, 4), class logits (n, C + 1), deltas
+        (n, 4 or 4 C)) for :meth:`detect`."""
+        cls, reg = self.roi.bbox_head(self.bbox_rois(feats, rois))
+        return rois, cls, reg
+
+    def detect(self, rois: Tensor, cls: Tensor, reg: Tensor, height: Tensor, width: Tensor
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """mmdet's ``BBoxHead.predict_by_feat``: softmax scores, class-specific boxes decoded
+        from ``rois`` and clipped, scores <= score_thr dropped, class-aware NMS, top
+        ``max_per_img`` -> num_dets (1,), boxes (1, K, 4), scores (1, K), labels (1, K)."""
+        head = self.last_bbox_head
         C = self.num_classes
         scores = cls.softmax(-1)[:, :C]
         n_reg = 1 if head.reg_class_agnostic else C
@@ -165,11 +199,19 @@ class End2EndTwoStage(nn.Module):
         flat = scores.reshape(-1)
         labels = torch.arange(C)[None].expand_as(scores).reshape(-1)
         flat = torch.where(flat > self.score_thr, flat, torch.zeros_like(flat))
-        num, boxes, scores, labels = multiclass_nms(boxes, flat, labels, self.iou_thr,
-                                                    self.max_per_img)
+        return multiclass_nms(boxes, flat, labels, self.iou_thr, self.max_per_img)
+
+    def mask_probs(self, feats: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
+        """(K, 28, 28) mask probabilities of each box's class: boxes (K, 4), labels (K,)."""
+        masks = self.roi.mask_head(self.mask_rois(feats, boxes))
+        return masks[torch.arange(self.max_per_img), labels.clamp(min=0)].sigmoid()
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        height, width = dynamic_size(image)
+        feats = list(self.model.extract_feat(self.preprocess(image)))
+        rois = self.proposals(feats, height, width)
+        num, boxes, scores, labels = self.detect(*self.refine(feats, rois, height, width),
+                                                 height, width)
         if not self.with_mask:
             return num, boxes, scores, labels
-        mask_levels = len(self.mask_rois.scales)
-        masks = self.roi.mask_head(self.mask_rois(list(feats[:mask_levels]), boxes[0]))
-        masks = masks[torch.arange(self.max_per_img), labels[0].clamp(min=0)].sigmoid()
-        return num, boxes, scores, labels, masks[None]
+        return num, boxes, scores, labels, self.mask_probs(feats, boxes[0], labels[0])[None]

@@ -119,3 +119,42 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold:
     out_labels = torch.cat([labels[keep], labels.new_full((max_num,), -1)])[:max_num]
     return (num, out_boxes.reshape(1, max_num, 4), out_scores.reshape(1, max_num),
             out_labels.reshape(1, max_num))
+
+
+# --- multi-scale deformable attention (Deformable DETR, DINO) ---------------------------------
+
+def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor,
+                                sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """mmcv's ``multi_scale_deformable_attn_pytorch`` with level splits read at run time.
+
+    value (bs, N, heads, dims) holds the flattened levels one after another (N = sum h_l w_l),
+    spatial_shapes (L, 2) int64 (h_l, w_l), sampling_locations (bs, Q, heads, L, P, 2) x, y in
+    [0, 1], attention_weights (bs, Q, heads, L, P) -> (bs, Q, heads * dims).
+
+    Per level: the level's columns of ``value`` (``Gather`` of ``arange(start, end)``, the bounds
+    from ``spatial_shapes``) reshaped to (bs * heads, dims, h_l, w_l) by a run-time shape, then
+    bilinear ``grid_sample`` (ONNX ``GridSample``, ``align_corners=False``, zero padding) at
+    2 * location - 1; the samples weighted and summed over levels and points. mmcv's version
+    splits with Python ints, which tracing would freeze at the traced size."""
+    bs, _, num_heads, dims = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    sizes = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+    ends = sizes.cumsum(0)
+    # (bs, N, heads, dims) -> (bs, heads * dims, N) -> (bs * heads, dims, N), as mmcv's
+    columns = value.flatten(2).transpose(1, 2).reshape(bs * num_heads, dims, -1)
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for level in range(num_levels):
+        h, w = spatial_shapes[level, 0], spatial_shapes[level, 1]
+        index = torch.arange(ends[level] - sizes[level], ends[level])
+        shape = torch.stack([torch.tensor(bs * num_heads), torch.tensor(dims), h, w])
+        level_map = torch.onnx.operators.reshape_from_tensor_shape(
+            columns.index_select(2, index), shape)
+        # (bs, Q, heads, P, 2) -> (bs * heads, Q, P, 2)
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        samples.append(F.grid_sample(level_map, grid, mode='bilinear', padding_mode='zeros',
+                                     align_corners=False))  # (bs * heads, dims, Q, P)
+    weights = attention_weights.transpose(1, 2).reshape(bs * num_heads, 1, num_queries,
+                                                        num_levels * num_points)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
+    return out.view(bs, num_heads * dims, num_queries).transpose(1, 2).contiguous()
