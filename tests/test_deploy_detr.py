@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pvt_mm.deploy.end2end import build_model, export_end2end, read_metadata
+from pvt_mm.deploy.end2end import read_metadata
 from pvt_mm.deploy.matching import detection_parity
 from pvt_mm.deploy.runtimes import RuntimeModel
-from test_deploy_e2e import MIN_MATCHED, SIZES, TRACE, _image, runtime_dets, torch_dets
+from test_deploy_e2e import (MIN_MATCHED, SIZES, _image, export_random, runtime_dets,
+                             torch_dets)
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = ("backbone=dict(_delete_=True, type='PVTv2', arch='b0', out_indices={out}, "
@@ -63,19 +64,17 @@ def _config(name: str, tmp: Path) -> str:
 
 def _spread_scores(model: torch.nn.Module) -> None:
     """Random class biases (and larger weights) so that the scores are distinct and far from
-    uniform: the top-k is not decided by ties."""
+    uniform: the top-k is not decided by ties (under no_grad, in export_random)."""
     g = torch.Generator().manual_seed(1)
     for m in model.bbox_head.modules():
         if isinstance(m, torch.nn.Linear) and m.out_features in (5, 6):
-            with torch.no_grad():
-                m.bias.copy_(torch.randn(m.out_features, generator=g) * 2)
-                m.weight.mul_(4)
+            m.bias.copy_(torch.randn(m.out_features, generator=g) * 2)
+            m.weight.mul_(4)
     if getattr(model, 'as_two_stage', False):
         # padded positions enter the proposal scores as LayerNorm(memory_trans_fc(0)), all
         # alike: with a zero bias that is 0, so they rank below half of the image's positions
         # instead of filling the queries with copies of one invalid proposal
-        with torch.no_grad():
-            model.memory_trans_fc.bias.zero_()
+        model.memory_trans_fc.bias.zero_()
 
 
 @pytest.fixture(scope='module')
@@ -84,16 +83,9 @@ def workdir(tmp_path_factory):
 
 
 def exported(name: str, workdir: Path):
-    """(model, .onnx path, config) of family ``name``, exported once at TRACE."""
+    """(model, .onnx path, checkpoint, config) of family ``name``, exported once at TRACE."""
     if name not in _CACHE:
-        config = _config(name, workdir)
-        torch.manual_seed(0)
-        model, _ = build_model(config)
-        _spread_scores(model)
-        ckpt, path = workdir / f'{name}.pth', workdir / f'{name}.onnx'
-        torch.save({'meta': {'epoch': 1}, 'state_dict': model.state_dict()}, ckpt)
-        export_end2end(config, path, str(ckpt), shape=TRACE)
-        _CACHE[name] = (model.eval(), path, config)
+        _CACHE[name] = export_random(_config(name, workdir), workdir, name, _spread_scores)
     return _CACHE[name]
 
 
@@ -102,7 +94,7 @@ def test_detr_family_parity_at_other_sizes(name, workdir):
     """>= 98% of the top-100 detections matched both ways (label, IoU > 0.99, score 1e-3) at
     two sizes other than the traced one (one padded to 32 with a padding mask for DETR and
     Deformable DETR, one portrait); ONNX Runtime for all, OpenVINO for the deformable ones."""
-    model, path, _ = exported(name, workdir)
+    model, path, _, _ = exported(name, workdir)
     runtimes = ['onnxruntime'] + (['openvino'] if name != 'detr' else [])
     for runtime in runtimes:
         runner = RuntimeModel(path, runtime)
@@ -120,7 +112,7 @@ def test_graph_ops_outputs_and_metadata(workdir):
     width; no NMS in the metadata."""
     import onnx
     for name, k in (('detr', 40), ('deformable', 100), ('dino', 100)):
-        _, path, _ = exported(name, workdir)
+        _, path, _, _ = exported(name, workdir)
         graph = onnx.load(str(path)).graph
         ops = {n.op_type for n in graph.node}
         assert ('GridSample' in ops) == (name != 'detr'), name
@@ -158,7 +150,7 @@ def test_unsupported_variants_are_refused(workdir):
     import mmcv.ops.multi_scale_deform_attn as msda
     from mmdet.models.detectors import DETR, DeformableDETR
     from pvt_mm.deploy.end2end import wrap_end2end
-    model, _, _ = exported('detr', workdir)
+    model, _, _, _ = exported('detr', workdir)
     original = model.__class__
 
     class ConditionalLike(DETR):
@@ -176,7 +168,7 @@ def test_unsupported_variants_are_refused(workdir):
             wrap_end2end(model, 'det')
     finally:
         model.bbox_head.test_cfg['max_per_img'] = 40
-    deformable, _, _ = exported('deformable', workdir)
+    deformable, _, _, _ = exported('deformable', workdir)
     before = (msda.multi_scale_deformable_attn_pytorch,
               DeformableDETR.__dict__['gen_encoder_output_proposals'])
     with torch.no_grad():

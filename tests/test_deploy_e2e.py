@@ -85,28 +85,43 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp('e2e')
 
 
+def export_random(config: str, workdir: Path, stem: str, prepare=None, cli: bool = False):
+    """(eval model, .onnx path, checkpoint, config): the config's model with seed-0 random
+    weights, then ``prepare(model)``, saved as a whole checkpoint and exported end to end at
+    TRACE (through tools/export_onnx.py with ``cli``)."""
+    torch.manual_seed(0)
+    model, _ = build_model(config)
+    if prepare is not None:
+        with torch.no_grad():
+            prepare(model)
+    ckpt, path = workdir / f'{stem}.pth', workdir / f'{stem}.onnx'
+    torch.save({'meta': {'epoch': 1}, 'state_dict': model.state_dict()}, ckpt)
+    if cli:
+        runpy.run_path(str(ROOT / 'tools/export_onnx.py'))['main'](
+            ['--config', config, '--checkpoint', str(ckpt), '--out', str(path),
+             '--shape', *map(str, TRACE), '--end2end'])
+    else:
+        export_end2end(config, path, str(ckpt), shape=TRACE)
+    return model.eval(), path, ckpt, config
+
+
+def _raise_biases(model) -> None:
+    """Class biases up so that NMS has dozens of boxes to sort."""
+    for attr in ('atss_cls', 'retina_cls', 'conv_cls', 'gfl_cls'):  # scores ~0.27
+        if hasattr(getattr(model, 'bbox_head', None), attr):
+            torch.nn.init.constant_(getattr(model.bbox_head, attr).bias, -1.)
+    if hasattr(model, 'roi_head'):  # softmax over 6 classes: ~0.17 each, > score_thr
+        heads = model.roi_head.bbox_head
+        for head in heads if isinstance(heads, torch.nn.ModuleList) else [heads]:
+            torch.nn.init.constant_(head.fc_cls.bias, 0.)
+
+
 def exported(name: str, workdir: Path):
-    """(model, .onnx path, checkpoint, config) of family ``name``, exported once."""
+    """(model, .onnx path, checkpoint, config) of family ``name``, exported once (ATSS through
+    the CLI)."""
     if name not in _CACHE:
-        config = _config(name, workdir)
-        torch.manual_seed(0)
-        model, _ = build_model(config)
-        for attr in ('atss_cls', 'retina_cls', 'conv_cls', 'gfl_cls'):  # scores ~0.27
-            if hasattr(getattr(model, 'bbox_head', None), attr):
-                torch.nn.init.constant_(getattr(model.bbox_head, attr).bias, -1.)
-        if hasattr(model, 'roi_head'):  # softmax over 6 classes: ~0.17 each, > score_thr
-            heads = model.roi_head.bbox_head
-            for head in heads if isinstance(heads, torch.nn.ModuleList) else [heads]:
-                torch.nn.init.constant_(head.fc_cls.bias, 0.)
-        ckpt, path = workdir / f'{name}.pth', workdir / f'{name}.onnx'
-        torch.save({'meta': {'epoch': 1}, 'state_dict': model.state_dict()}, ckpt)
-        if name == 'atss':  # through the CLI
-            runpy.run_path(str(ROOT / 'tools/export_onnx.py'))['main'](
-                ['--config', config, '--checkpoint', str(ckpt), '--out', str(path),
-                 '--shape', *map(str, TRACE), '--end2end'])
-        else:
-            export_end2end(config, path, str(ckpt), shape=TRACE)
-        _CACHE[name] = (model.eval(), path, ckpt, config)
+        _CACHE[name] = export_random(_config(name, workdir), workdir, name, _raise_biases,
+                                     cli=name == 'atss')
     return _CACHE[name]
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pvt_mm.deploy.end2end import build_model, export_end2end, read_metadata
+from pvt_mm.deploy.end2end import read_metadata
 from pvt_mm.deploy.matching import detection_parity
 from pvt_mm.deploy.runtimes import RuntimeModel
-from test_deploy_e2e import MIN_MATCHED, SIZES, TRACE, _image, runtime_dets, torch_dets
+from test_deploy_e2e import (MIN_MATCHED, SIZES, _image, export_random, runtime_dets,
+                             torch_dets)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSE = str(ROOT / 'configs' /
@@ -58,26 +59,25 @@ test_dataloader = val_dataloader
 
 @pytest.fixture(scope='module')
 def sparse(tmp_path_factory):
-    """(model, .onnx path, config), exported once at TRACE."""
+    """(model, .onnx path, checkpoint, config), exported once at TRACE."""
     tmp = tmp_path_factory.mktemp('sparse')
     config = tmp / 'sparse_rcnn.py'
     config.write_text(CONFIG.format(base=SPARSE, classes=NUM_CLASSES, proposals=NUM_PROPOSALS,
                                     max_per_img=MAX_PER_IMG))
-    torch.manual_seed(0)
-    model, _ = build_model(str(config))
-    with torch.no_grad():  # mmdet's init: every proposal the whole image, equal biases
-        gen = torch.Generator().manual_seed(0)
-        boxes = model.rpn_head.init_proposal_bboxes.weight
-        boxes[:, :2] = torch.rand(NUM_PROPOSALS, 2, generator=gen) * 0.6 + 0.2  # centres
-        boxes[:, 2:] = torch.rand(NUM_PROPOSALS, 2, generator=gen) ** 2 * 0.9 + 0.05  # w, h
-        for head in model.roi_head.bbox_head:
-            head.fc_cls.bias.copy_(torch.linspace(-3., 0., NUM_CLASSES))
-            head.fc_cls.weight.mul_(4.)
-            head.fc_reg.weight.mul_(0.1)  # refined boxes near the image, not 10x its size
-    ckpt, path = tmp / 'sparse_rcnn.pth', tmp / 'sparse_rcnn.onnx'
-    torch.save({'meta': {'epoch': 1}, 'state_dict': model.state_dict()}, ckpt)
-    export_end2end(config, path, str(ckpt), shape=TRACE)
-    return model.eval(), path, config
+    return export_random(str(config), tmp, 'sparse_rcnn', _spread)
+
+
+def _spread(model: torch.nn.Module) -> None:
+    """mmdet's init puts every proposal on the whole image with equal class biases: proposals
+    spread over the image and FPN levels, biases apart (no near-ties in the top-k)."""
+    gen = torch.Generator().manual_seed(0)
+    boxes = model.rpn_head.init_proposal_bboxes.weight
+    boxes[:, :2] = torch.rand(NUM_PROPOSALS, 2, generator=gen) * 0.6 + 0.2  # centres
+    boxes[:, 2:] = torch.rand(NUM_PROPOSALS, 2, generator=gen) ** 2 * 0.9 + 0.05  # w, h
+    for head in model.roi_head.bbox_head:
+        head.fc_cls.bias.copy_(torch.linspace(-3., 0., NUM_CLASSES))
+        head.fc_cls.weight.mul_(4.)
+        head.fc_reg.weight.mul_(0.1)  # refined boxes near the image, not 10x its size
 
 
 def _sorted(dets: dict) -> dict:
@@ -90,7 +90,7 @@ def _sorted(dets: dict) -> dict:
 def test_sparse_rcnn_parity_at_other_sizes(sparse, runtime):
     """>= 98% of the top-100 detections matched both ways (label, IoU > 0.99, score 1e-3)
     at 100x140 and 77x64, neither the traced size."""
-    model, path, _ = sparse
+    model, path, _, _ = sparse
     runner = RuntimeModel(path, runtime)
     for i, (h, w) in enumerate(SIZES):
         image = _image(h, w, i)
@@ -104,7 +104,7 @@ def test_sparse_rcnn_graph_and_metadata(sparse):
     """RoiAlign and TopK in the graph, no NonMaxSuppression; fixed-size outputs; metadata
     says: no NMS, no score threshold."""
     import onnx
-    _, path, _ = sparse
+    _, path, _, _ = sparse
     model = onnx.load(str(path))
     ops = {n.op_type for n in model.graph.node}
     assert {'RoiAlign', 'TopK'} <= ops and 'NonMaxSuppression' not in ops
@@ -120,7 +120,7 @@ def test_sparse_rcnn_graph_and_metadata(sparse):
 def test_sparse_rcnn_padding_and_refusals(sparse):
     """K > proposals x classes: the rest padded (label -1); unsupported parts named."""
     from pvt_mm.deploy.end2end import wrap_end2end
-    model, _, _ = sparse
+    model, _, _, _ = sparse
     model.roi_head.test_cfg.max_per_img = 300
     try:
         num, boxes, scores, labels = wrap_end2end(model, 'det')(
@@ -145,7 +145,7 @@ def test_sparse_rcnn_clip_border_eager(sparse):
     """A coder with clip_border (mmdet's Sparse R-CNN configs have none): the wrapper's
     reference computation clamps each stage's boxes to the image as mmdet does."""
     from pvt_mm.deploy.end2end import wrap_end2end
-    model, _, _ = sparse
+    model, _, _, _ = sparse
     coders = [head.bbox_coder for head in model.roi_head.bbox_head]
     for coder in coders:
         coder.clip_border = True

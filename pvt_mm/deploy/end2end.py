@@ -1,7 +1,7 @@
 """End-to-end export: a config + checkpoint -> one self-sufficient .onnx (``--end2end``).
 
 The graph holds preprocessing, the model and postprocessing (:mod:`.end2end_det`: single-stage
-detectors, :mod:`.end2end_twostage`: Faster / Mask R-CNN, :mod:`.end2end_cascade`: Cascade
+detectors, :mod:`.end2end_twostage`: Faster / Mask R-CNN and Cascade
 (Mask) R-CNN, :mod:`.end2end_detr`: DETR, Deformable DETR, DINO, :mod:`.end2end_sparse`:
 Sparse R-CNN, :mod:`.end2end_seg`: segmentors);
 its input is ONE image (batch 1; a batch > 1 is refused by the graph's
@@ -116,9 +116,6 @@ def wrap_end2end(model: nn.Module, task: str) -> nn.Module:
     if 'SparseRCNN' in families:
         from .end2end_sparse import End2EndSparseRCNN
         return End2EndSparseRCNN(model).eval()
-    if 'CascadeRCNN' in families:
-        from .end2end_cascade import End2EndCascade
-        return End2EndCascade(model).eval()
     if hasattr(model, 'rpn_head') and hasattr(model, 'roi_head'):
         from .end2end_twostage import End2EndTwoStage
         return End2EndTwoStage(model).eval()

@@ -1,6 +1,8 @@
-"""Two-stage detectors (Faster / Mask R-CNN with a StandardRoIHead) as one graph.
+"""Two-stage detectors (Faster / Mask R-CNN with a ``StandardRoIHead``, Cascade (Mask) R-CNN
+with a ``CascadeRoIHead``) as one graph.
 
-:class:`End2EndTwoStage` computes what mmdet's ``TwoStageDetector.predict`` computes:
+:class:`End2EndTwoStage` computes what mmdet's ``TwoStageDetector.predict`` computes; a
+``StandardRoIHead`` is a cascade of one stage:
 
 1. :class:`~.end2end_det.Preprocess`, backbone, neck;
 2. RPN as ``RPNHead._predict_by_feat_single``: per level the top ``nms_pre`` anchors by
@@ -10,12 +12,16 @@
    (floor(log2(sqrt(w h) / finest_scale + 1e-6)), clamped), ONNX ``RoiAlign`` per level on the
    RoIs of that level (one dummy RoI appended and dropped so that an empty level still runs),
    the per-level results put back in RoI order;
-4. bbox head: softmax scores, class-specific deltas decoded and clipped, scores <= score_thr
-   dropped, class-aware NMS, top ``max_per_img``;
-5. Mask R-CNN: the mask head on the final boxes (its own RoIAlign), the sigmoid of each box's
-   class channel: ``masks`` (1, K, 28, 28) low-resolution probabilities, pasted into the image
-   outside the graph (:func:`pvt_mm.deploy.predictor.paste_masks`, as mmdet's
-   ``_do_paste_mask``).
+4. per stage its bbox head on the current RoIs; before each later stage the RoIs are refined
+   as ``BBoxHead.regress_by_class`` (the deltas of each RoI's arg-max foreground class when the
+   regression is class-specific, decoded with the stage's coder, clipped); the stages' class
+   logits averaged (as ``CascadeRoIHead``: logits, then the last head's softmax);
+5. the last head's ``predict_by_feat``: softmax scores, deltas decoded from the last RoIs and
+   clipped, scores <= score_thr dropped, class-aware NMS, top ``max_per_img``;
+6. masks: every stage's mask head on the final boxes (its own RoIAlign), the sigmoid of each
+   box's class channel averaged over the stages (``merge_aug_masks``): ``masks`` (1, K, 28, 28)
+   low-resolution probabilities, pasted into the image outside the graph
+   (:func:`pvt_mm.deploy.predictor.paste_masks`, as mmdet's ``_do_paste_mask``).
 
 Outputs as :class:`~.end2end_det.End2EndDetector` (+ ``masks``). Batch 1.
 """
@@ -65,6 +71,22 @@ def refuse(model: nn.Module, problems: list[str]) -> None:
                          '; '.join(problems))
 
 
+def roi_stages(roi: nn.Module) -> list[tuple] | None:
+    """(bbox extractor, bbox head, mask extractor, mask head) per stage of a
+    ``StandardRoIHead`` (one stage) or ``CascadeRoIHead``, the mask parts None without masks;
+    None for any other RoI head. A shared extractor is mmdet's ``mask_roi_extractor`` already."""
+    from mmdet.models.roi_heads import CascadeRoIHead, StandardRoIHead
+    masks = roi.with_mask
+    if type(roi) is StandardRoIHead:
+        return [(roi.bbox_roi_extractor, roi.bbox_head, roi.mask_roi_extractor if masks else None,
+                 roi.mask_head if masks else None)]
+    if type(roi) is CascadeRoIHead:
+        return [(roi.bbox_roi_extractor[s], roi.bbox_head[s],
+                 roi.mask_roi_extractor[s] if masks else None,
+                 roi.mask_head[s] if masks else None) for s in range(roi.num_stages)]
+    return None
+
+
 class RoIFeatures(nn.Module):
     """mmdet's ``SingleRoIExtractor`` with ONNX ``RoiAlign``: feats (levels of (1, C, h, w)),
     rois (n, 4) -> (n, C, out, out)."""
@@ -97,7 +119,8 @@ class RoIFeatures(nn.Module):
 
 
 class End2EndTwoStage(nn.Module):
-    """Faster / Mask R-CNN + preprocessing + postprocessing (module docstring).
+    """Faster / Mask / Cascade (Mask) R-CNN + preprocessing + postprocessing (module
+    docstring).
 
     forward: (1, 3, H, W) float32 image (0-255, loaded channel order) -> num_dets, boxes,
     scores, labels[, masks]."""
@@ -127,25 +150,29 @@ class End2EndTwoStage(nn.Module):
     @staticmethod
     def check(model: nn.Module) -> None:
         """ValueError naming what the graph cannot reproduce."""
-        from mmdet.models.roi_heads import StandardRoIHead
         roi = model.roi_head
         problems = rpn_problems(model)
-        if type(roi) is not StandardRoIHead:
-            problems.append(f'roi_head {type(roi).__name__} (StandardRoIHead only)')
-        else:
-            problems += head_problems(
-                dict(bbox_roi_extractor=roi.bbox_roi_extractor,
-                     mask_roi_extractor=getattr(roi, 'mask_roi_extractor', None)),
-                roi.bbox_head, roi.mask_head if roi.with_mask else None)
+        stages = roi_stages(roi)
+        if stages is None:
+            problems.append(f'roi_head {type(roi).__name__} (StandardRoIHead or CascadeRoIHead '
+                            'only)')
+        for s, (bbox_ext, bbox_head, mask_ext, mask_head) in enumerate(stages or []):
+            prefix = f'stage {s}: ' if len(stages) > 1 else ''
+            problems += [prefix + p for p in head_problems(
+                dict(bbox_roi_extractor=bbox_ext, mask_roi_extractor=mask_ext), bbox_head,
+                mask_head)]
         refuse(model, problems)
 
     def setup_stages(self) -> None:
-        """One stage: its RoI feature extractors and heads."""
-        self.bbox_rois = RoIFeatures(self.roi.bbox_roi_extractor)
+        """The RoI head's stages: RoI feature extractors (ONNX RoiAlign) and mmdet's heads."""
+        stages = roi_stages(self.roi)
+        self.stage_rois = nn.ModuleList(RoIFeatures(bbox_ext) for bbox_ext, *_ in stages)
+        self.bbox_heads = [bbox_head for _, bbox_head, *_ in stages]  # a list: not re-registered
         if self.with_mask:
-            self.mask_rois = RoIFeatures(self.roi.mask_roi_extractor)
-        self.last_bbox_head = self.roi.bbox_head
-        self.num_classes = self.roi.bbox_head.num_classes
+            self.stage_mask_rois = nn.ModuleList(RoIFeatures(m) for _, _, m, _ in stages)
+            self.mask_heads = [mask_head for *_, mask_head in stages]
+        self.last_bbox_head = self.bbox_heads[-1]
+        self.num_classes = self.last_bbox_head.num_classes
 
     def proposals(self, feats: list[Tensor], height: Tensor, width: Tensor) -> Tensor:
         """RPN: (n, 4) proposals, best first."""
@@ -175,12 +202,27 @@ class End2EndTwoStage(nn.Module):
                                  torch.zeros_like(scores))
         return boxes[nms_keep(boxes, scores, levels, self.rpn_iou, self.rpn_max)]
 
+    def regress(self, head: nn.Module, rois: Tensor, cls: Tensor, reg: Tensor,
+                height: Tensor, width: Tensor) -> Tensor:
+        """``BBoxHead.regress_by_class``: rois (n, 4), logits (n, C + 1), deltas (n, 4 or 4 C)
+        -> refined rois (n, 4), clipped to the image."""
+        if not head.reg_class_agnostic:
+            label = cls[:, :-1].argmax(1)
+            reg = reg.reshape(-1, head.num_classes, 4)[torch.arange(reg.shape[0]), label]
+        coder = head.bbox_coder
+        return clip_boxes(delta2bbox(rois, reg, coder.means, coder.stds), height, width)
+
     def refine(self, feats: list[Tensor], rois: Tensor, height: Tensor, width: Tensor
                ) -> tuple[Tensor, Tensor, Tensor]:
-        """The bbox head on the proposals: (rois (n, 4), class logits (n, C + 1), deltas
-        (n, 4 or 4 C)) for :meth:`detect`."""
-        cls, reg = self.roi.bbox_head(self.bbox_rois(feats, rois))
-        return rois, cls, reg
+        """Every stage's bbox head: (last rois (n, 4), stage-averaged class logits (n, C + 1),
+        last deltas (n, 4 or 4 C)) for :meth:`detect`."""
+        logits, last = [], len(self.bbox_heads) - 1
+        for s, (extract, head) in enumerate(zip(self.stage_rois, self.bbox_heads)):
+            cls, reg = head(extract(feats, rois))
+            logits.append(cls)
+            if s < last:  # the next stage's RoIs
+                rois = self.regress(head, rois, cls, reg, height, width)
+        return rois, sum(logits) / float(len(logits)), reg
 
     def detect(self, rois: Tensor, cls: Tensor, reg: Tensor, height: Tensor, width: Tensor
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -202,9 +244,12 @@ class End2EndTwoStage(nn.Module):
         return multiclass_nms(boxes, flat, labels, self.iou_thr, self.max_per_img)
 
     def mask_probs(self, feats: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
-        """(K, 28, 28) mask probabilities of each box's class: boxes (K, 4), labels (K,)."""
-        masks = self.roi.mask_head(self.mask_rois(feats, boxes))
-        return masks[torch.arange(self.max_per_img), labels.clamp(min=0)].sigmoid()
+        """(K, 28, 28) mask probabilities of each box's class, averaged over the stages:
+        boxes (K, 4), labels (K,)."""
+        index = torch.arange(self.max_per_img), labels.clamp(min=0)
+        probs = [head(extract(feats, boxes))[index].sigmoid()
+                 for extract, head in zip(self.stage_mask_rois, self.mask_heads)]
+        return sum(probs) / float(len(probs))
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         height, width = dynamic_size(image)
