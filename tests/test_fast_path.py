@@ -11,7 +11,7 @@ import pvt_mm.models.layers.attention as attn_module
 import pvt_mm.models.layers.mlp as mlp_module
 import pvt_mm.models.backbones.pvt as pvt_module
 from pvt_mm.models.backbones import ARCHS
-from pvt_mm.models.layers import SpatialReductionAttention
+from pvt_mm.models.layers import SpatialReductionAttention, native
 from pvt_mm.models.layers.exec_path import (REFERENCE, TRACED, ExecKind, ExecPath,
                                             decide_exec_path)
 from pvt_mm.models.layers.fused import FUSED_AVAILABLE, OneDNNKernels
@@ -54,14 +54,19 @@ def test_fast_path_matches_reference_fp32_and_bf16(arch):
         assert cos >= BF16_MIN_COSINE, f'{arch}: stage cosine {cos:.5f}'
 
 
+@pytest.mark.parametrize('kernel', ['native', 'chunks'])
 @pytest.mark.parametrize('fold', [True, False])
 @pytest.mark.parametrize('arch', ['tiny', 'b0', 'b2_li'])
-def test_row_bands_with_halo_match_whole_maps(arch, fold, monkeypatch):
+def test_row_bands_with_halo_match_whole_maps(arch, fold, kernel, monkeypatch):
     """Force several bands per MLP (down to one row each) so band edges and the depthwise
     conv's halo rows are exercised, and several query chunks per attention (down to one
     query each), with ``q`` / ``proj`` folded into the keys and values in every stage and in
     none (at test sizes the cost rule would fold everywhere); results equal the whole-map
-    reference computation."""
+    reference computation. Attention through the native tile kernel (tiles of 16 queries)
+    and through the oneDNN matmul chunks it replaces where it is not built."""
+    if kernel == 'chunks':
+        monkeypatch.setattr(native, '_loaded', 'not built (test)')
+    monkeypatch.setattr(attn_module, 'TILE_SCORE_BYTES', 1)
     monkeypatch.setattr(SpatialReductionAttention, 'fold_is_cheaper', lambda self, m: fold)
     model = build(arch).eval()
     x = torch.randn(2, 3, 96, 136)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.layers import native
 from .benchmark import Result
 
 HEADERS = ('model', 'mode', 'input', 'batch', 'latency ms', 'images/s', 'peak MiB',
@@ -33,7 +34,7 @@ def machine_info(threads: int, device: str) -> dict[str, str]:
     except (OSError, StopIteration):
         pass
     info = {'cpu': f'{cpu} ({os.cpu_count()} cores visible)', 'threads': str(threads),
-            'torch': torch.__version__,
+            'torch': torch.__version__, 'pvt_mm CPU inference': native.describe(),
             'date': datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
             'load average at the start (1/5/15 min)': load_average()}
     for lib in ('mmdet', 'mmseg', 'timm', 'mmcv', 'mmengine'):

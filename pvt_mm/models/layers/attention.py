@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .exec_path import ExecKind, ExecPath, decide_exec_path
 from .fused import matmul_nt
 from .shape import HW, adaptive_avg_pool2d_matmul, nchw_to_nlc, nlc_to_nchw
@@ -20,6 +21,10 @@ LINEAR_SR_POOL_SIZE = 7  # PVTv2-li pools keys/values to a fixed 7x7 grid
 # 2 MiB: the in-place softmax of a block that size runs from cache (PVT-S stage-1 attention
 # fp32 148 -> 132 ms at 800x1333 against 8 MiB blocks; bf16 unchanged; 1 MiB is slower again).
 INFER_SCORE_BYTES = 2 * 2 ** 20
+# The native tile kernel's fp32 score block per thread (query rows x reduced keys): PVT-S
+# stage-1 attention at 800x1333, fp32, 2 threads: 32 / 64 / 128 rows of 1025 keys = 162 / 155 /
+# 146 ms (oneDNN matmul chunks: 209 ms in the same run).
+TILE_SCORE_BYTES = 512 * 2 ** 10
 
 
 class SpatialReductionAttention(nn.Module):
@@ -145,16 +150,15 @@ class SpatialReductionAttention(nn.Module):
 
     def _attend_chunked(self, q: Tensor, kv: Tensor) -> Tensor:
         """Inference fast path. q: (B, N, C) queries, kv: (B, M, 2C) keys|values ->
-        (B, N, C) = softmax(q k^T * scale) v per head, over chunks of queries."""
+        (B, N, C) = softmax(q k^T * scale) v per head, over tiles of queries."""
         B, N, C = q.shape
-        d = self.head_dim
-        k = kv[..., :C] * self.scale  # fold the scale into the (few) keys
+        h, d = self.num_heads, self.head_dim
         out = q.new_empty(B, N, C)
         for b in range(B):
-            for head in range(self.num_heads):
-                ch = slice(head * d, (head + 1) * d)
-                v_t = kv[b, :, C + head * d:C + (head + 1) * d].t().contiguous()  # (d, M)
-                chunked_attention(q[b, :, ch], k[b, :, ch].contiguous(), v_t, out[b, :, ch])
+            kv_b = kv[b].view(-1, 2, h, d)
+            k_t = (kv_b[:, 0] * self.scale).permute(1, 2, 0).contiguous()  # (h, d, M)
+            v = kv_b[:, 1].transpose(0, 1).contiguous()  # (h, M, d)
+            tiled_attention(q[b], k_t, v, out[b])
         return out
 
     def _attend_folded(self, x: Tensor, kv: Tensor) -> Tensor:
@@ -175,15 +179,43 @@ class SpatialReductionAttention(nn.Module):
         wq = self.q.weight.float().view(h, d, C)
         bq = None if self.q.bias is None else self.q.bias.float().view(h, d, 1)
         wp_t = self.proj.weight.float().view(C, h, d).permute(1, 2, 0)  # (h, d, C)
-        bp = self.proj.bias.to(x.dtype)
+        bp = self.proj.bias.float()
         for b in range(B):
             kv_b = kv[b].float().view(M, 2, h, d).permute(1, 2, 0, 3)  # (2, h, M, d)
             k, v = kv_b[0] * self.scale, kv_b[1]
-            k_fold = (k @ wq).reshape(h * M, C).to(x.dtype)
-            k_bias = None if bq is None else (k @ bq).reshape(h * M).to(x.dtype)
-            v_t = (v @ wp_t).reshape(h * M, C).t().to(x.dtype).contiguous()  # (C, h M)
-            chunked_attention(x[b], k_fold, v_t, out[b], k_bias, bp, heads=h)
+            k_t = (k @ wq).permute(2, 0, 1).reshape(1, C, h * M).to(x.dtype).contiguous()
+            k_bias = None if bq is None else (k @ bq).reshape(h * M)
+            v_fold = (v @ wp_t).reshape(1, h * M, C).to(x.dtype)  # (1, h M, C)
+            tiled_attention(x[b], k_t, v_fold, out[b], k_bias, bp, groups=h)
         return out
+
+
+def tiled_attention(q: Tensor, k_t: Tensor, v: Tensor, out: Tensor,
+                    k_bias: Tensor | None = None, v_bias: Tensor | None = None,
+                    groups: int = 1) -> None:
+    """Inference attention of A heads side by side, written into ``out``:
+    ``out[:, a] = softmax_g(q[:, a] @ k_t[a] + k_bias[a]) @ v[a] + v_bias[a]`` for q (N, A*K),
+    k_t (A, K, M) (keys transposed, scale folded in), v (A, M, E), out (N, A*E), k_bias (A*M,),
+    v_bias (A*E,); the M keys of a head are ``groups`` softmax groups side by side.
+
+    The one decision between the two CPU implementations: the native tile kernel
+    (:mod:`.native`: scores of a tile of queries stay in cache) where it is built for this
+    dtype, else :func:`chunked_attention` (oneDNN matmuls over query chunks) per head."""
+    A, K, M = k_t.shape
+    E = v.shape[2]
+    if native.supports(q.dtype) and (q.dtype == torch.float32 or K % 2 == 0):
+        rows = max(16, min(256, TILE_SCORE_BYTES // (4 * M)) // 16 * 16)
+        none = torch.empty(0)
+        with torch.profiler.record_function('pvt_mm::tile_attention'):  # named in profiles
+            native.kernel().tile_attention(
+                q, k_t, v, out, none if k_bias is None else k_bias.float().contiguous(),
+                none if v_bias is None else v_bias.float().contiguous(), groups, rows)
+        return
+    for a in range(A):
+        kb = None if k_bias is None else k_bias.view(A, M)[a].to(q.dtype)
+        vb = None if v_bias is None else v_bias.view(A, E)[a].to(q.dtype)
+        chunked_attention(q[:, a * K:(a + 1) * K], k_t[a].t().contiguous(),
+                          v[a].t().contiguous(), out[:, a * E:(a + 1) * E], kb, vb, groups)
 
 
 def chunked_attention(q: Tensor, k: Tensor, v_t: Tensor, out: Tensor,

@@ -1,0 +1,144 @@
+"""The native attention kernel (``csrc/tile_attention.cpp``): built once per machine and torch.
+
+``make install`` builds it (``python -m pvt_mm.models.layers.native``); a forward only loads
+what was built, never compiles. Without it (no compiler at install time, another torch, another
+CPU, ``PVT_MM_NATIVE=0``) the inference fast path computes attention through oneDNN matmuls over
+query chunks instead; :func:`describe` says which one runs (``tools/benchmark.py`` prints it).
+
+The build lives in ``$PVT_MM_NATIVE_DIR`` if set, else ``<sys.prefix>/share/pvt_mm/native``
+(the virtual environment of the torch it was compiled against), in a folder named by a hash of
+the source, the torch version, the compiler flags and the CPU's feature flags: a change of any
+of them means another build, never a stale or foreign binary.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).with_name('csrc') / 'tile_attention.cpp'
+ENV_SWITCH = 'PVT_MM_NATIVE'  # '0': never use the native kernel
+ENV_DIR = 'PVT_MM_NATIVE_DIR'
+_UNSET = object()
+_loaded: object = _UNSET  # the module, or a str: why there is none
+BUILD_COMMAND = f'{Path(sys.executable).name} -m pvt_mm.models.layers.native'
+
+
+def _cflags() -> list[str]:
+    """The compiler flags: ATen's vector types at torch's own CPU capability."""
+    flags = ['-O3', '-fopenmp']
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ('AVX512', 'AVX2'):
+        flags += ['-march=native', f'-DCPU_CAPABILITY_{capability}',
+                  f'-DCPU_CAPABILITY={capability}']
+    return flags
+
+
+def _cpu_features() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith(('flags', 'Features')):
+                return line
+    except OSError:
+        pass
+    return ''
+
+
+def build_key() -> str:
+    """What the binary depends on, hashed: source, torch, flags, CPU features, Python."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    for part in (torch.__version__, ' '.join(_cflags()), _cpu_features(), sys.version):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def module_name() -> str:
+    return f'pvt_mm_tile_attention_{build_key()}'
+
+
+def build_dir() -> Path:
+    root = os.environ.get(ENV_DIR) or Path(sys.prefix) / 'share' / 'pvt_mm' / 'native'
+    return Path(root) / build_key()
+
+
+def _import(path: Path) -> ModuleType:
+    name = path.stem
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def kernel() -> ModuleType | None:
+    """The built kernel module, or None (the reason is in :func:`describe`). Loaded once."""
+    global _loaded
+    if _loaded is _UNSET:
+        _loaded = _load()
+    return None if isinstance(_loaded, str) else _loaded
+
+
+def _load() -> ModuleType | str:
+    if os.environ.get(ENV_SWITCH, '1') == '0':
+        return f'switched off ({ENV_SWITCH}=0)'
+    path = build_dir() / f'{module_name()}.so'
+    if not path.is_file():
+        return f'not built for this torch / CPU (run: {BUILD_COMMAND})'
+    try:
+        return _import(path)
+    except (ImportError, OSError) as err:
+        return f'{path} does not load ({err}); rebuild: {BUILD_COMMAND}'
+
+
+def supports(dtype: torch.dtype) -> bool:
+    """True when the native kernel is loaded and runs ``dtype`` (bf16 needs VNNI micro-kernels)."""
+    mod = kernel()
+    if mod is None:
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and mod.supports_bf16())
+
+
+def describe() -> str:
+    """One line: which attention kernel the CPU inference path uses, and why."""
+    mod = kernel()
+    if mod is None:
+        return f'attention: oneDNN matmuls over query chunks (native kernel {_loaded})'
+    bf16 = 'fp32 + bf16' if mod.supports_bf16() else 'fp32 (bf16: oneDNN matmuls)'
+    return f'attention: native tile kernel, {bf16}'
+
+
+def build(verbose: bool = False) -> ModuleType:
+    """Compile the kernel for this machine (about 40 s on 2 cores) and load it."""
+    global _loaded
+    from torch.utils import cpp_extension
+    directory = build_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    module = cpp_extension.load(module_name(), [str(SOURCE)], extra_cflags=_cflags(),
+                                extra_ldflags=['-fopenmp'], build_directory=str(directory),
+                                verbose=verbose)
+    _loaded = module
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pvt_mm.models.layers.native [--verbose]``: build, then say what runs."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        build(verbose='--verbose' in argv)
+    except Exception as err:  # a compiler error: the matmul path still works
+        print(f'pvt_mm: native attention kernel not built ({type(err).__name__}: '
+              f'{str(err).strip().splitlines()[-1] if str(err).strip() else err}); '
+              'the oneDNN matmul path will be used', file=sys.stderr)
+        return 1
+    print(f'pvt_mm: built {build_dir()}; {describe()}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
