@@ -35,6 +35,6 @@ step "checking torchvision"
 step "pvt_mm (editable)"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
 step "pvt_mm's native attention kernel, compiled for this CPU and torch (~1 min; optional)"
-"$VENV/bin/python" -m pvt_mm.models.layers.native \
+"$VENV/bin/python" tools/build_native.py \
   || echo "continuing without it: inference attention runs as oneDNN matmuls" >&2
 "$VENV/bin/python" -c "import pvt_mm, mmdet.models, mmseg.models; print('pvt_mm', pvt_mm.__version__, 'installed')"

@@ -1,6 +1,6 @@
 """The native attention kernel (``csrc/tile_attention.cpp``): built once per machine and torch.
 
-``make install`` builds it (``python -m pvt_mm.models.layers.native``); a forward only loads
+``make install`` builds it (``python tools/build_native.py``, i.e. :func:`main`); a forward only loads
 what was built, never compiles. Without it (no compiler at install time, another torch, another
 CPU, ``PVT_MM_NATIVE=0``) the inference fast path computes attention through oneDNN matmuls over
 query chunks instead; :func:`describe` says which one runs (``tools/benchmark.py`` prints it).
@@ -27,7 +27,7 @@ ENV_SWITCH = 'PVT_MM_NATIVE'  # '0': never use the native kernel
 ENV_DIR = 'PVT_MM_NATIVE_DIR'
 _UNSET = object()
 _loaded: object = _UNSET  # the module, or a str: why there is none
-BUILD_COMMAND = f'{Path(sys.executable).name} -m pvt_mm.models.layers.native'
+BUILD_COMMAND = 'python tools/build_native.py'
 
 
 def _cflags() -> list[str]:
@@ -127,10 +127,15 @@ def build(verbose: bool = False) -> ModuleType:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pvt_mm.models.layers.native [--verbose]``: build, then say what runs."""
-    argv = sys.argv[1:] if argv is None else argv
+    """``python tools/build_native.py [--verbose]``: build, then say what runs."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog='tools/build_native.py',
+        description='Compile pvt_mm\'s native attention kernel for this CPU and torch.')
+    parser.add_argument('--verbose', action='store_true', help="show the compiler's output")
+    args = parser.parse_args(argv)
     try:
-        build(verbose='--verbose' in argv)
+        build(verbose=args.verbose)
     except Exception as err:  # a compiler error: the matmul path still works
         print(f'pvt_mm: native attention kernel not built ({type(err).__name__}: '
               f'{str(err).strip().splitlines()[-1] if str(err).strip() else err}); '
@@ -138,7 +143,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f'pvt_mm: built {build_dir()}; {describe()}')
     return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
