@@ -15,12 +15,6 @@ from pvt_mm.models.layers.attention import tiled_attention
 BF16_MIN_COSINE = 0.999
 
 
-@pytest.fixture
-def chunks_only(monkeypatch):
-    """The fallback: as if the kernel were not built."""
-    monkeypatch.setattr(native, '_loaded', 'not built (test)')
-
-
 def test_install_built_the_kernel():
     """``make install`` compiles the kernel for this machine (a failed build would leave every
     user of the suite's machine on the slower path without a word)."""
@@ -133,7 +127,7 @@ def test_kernel_refuses_inconsistent_operands():
         mod.tile_attention(q.t().contiguous().t(), k_t, v, out, none, none, 1, 16)
 
 
-def test_switch_and_missing_build_fall_back_with_a_reason(monkeypatch, tmp_path, chunks_only):
+def test_switch_and_missing_build_fall_back_with_a_reason(monkeypatch, tmp_path):
     """``PVT_MM_NATIVE=0`` and a build folder without the binary: the matmul chunks run, and
     :func:`describe` (printed by tools/benchmark.py) says why."""
     monkeypatch.setattr(native, '_loaded', native._UNSET)
@@ -156,8 +150,7 @@ def test_build_key_follows_source_torch_and_cpu(monkeypatch, tmp_path):
     src.write_bytes(native.SOURCE.read_bytes() + b'\n// changed\n')
     monkeypatch.setattr(native, 'SOURCE', src)
     assert native.build_key() != key
-    monkeypatch.setattr(native, 'SOURCE', native.SOURCE.__class__(attn_module.__file__)
-                        .with_name('csrc') / 'tile_attention.cpp')
+    monkeypatch.undo()
     assert native.build_key() == key
     monkeypatch.setattr(torch, '__version__', '0.0.0-other')
     assert native.build_key() != key
