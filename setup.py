@@ -15,7 +15,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pvt_mm", "pvt_mm.*"]),
     # the native attention kernel's source, compiled on the user's machine by `make install`
-    package_data={"pvt_mm.models.layers": ["csrc/*.cpp"]},
+    package_data={"pvt_mm.models.layers": ["csrc/*.cpp", "csrc/*.h"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.1",

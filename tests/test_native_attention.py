@@ -20,7 +20,7 @@ def test_install_built_the_kernel():
     user of the suite's machine on the slower path without a word)."""
     assert native.kernel() is not None, native.describe()
     assert native.supports(torch.float32)
-    assert 'native tile kernel' in native.describe()
+    assert 'native tile kernels' in native.describe()
 
 
 def explicit(q, k_t, v, k_bias, v_bias, groups):
@@ -143,12 +143,18 @@ def test_switch_and_missing_build_fall_back_with_a_reason(monkeypatch, tmp_path)
         model(torch.randn(1, 3, 64, 64))  # runs on the chunks
 
 
-def test_build_key_follows_source_torch_and_cpu(monkeypatch, tmp_path):
-    """A binary is found only for the source, torch version and CPU it was built for."""
+@pytest.mark.parametrize('changed', ['tile_attention.cpp', 'tile_mlp.cpp', 'common.h'])
+def test_build_key_follows_source_torch_and_cpu(changed, monkeypatch, tmp_path):
+    """A binary is found only for the sources (each file, header included), torch version
+    and CPU it was built for."""
     key = native.build_key()
-    src = tmp_path / 'tile_attention.cpp'
-    src.write_bytes(native.SOURCE.read_bytes() + b'\n// changed\n')
-    monkeypatch.setattr(native, 'SOURCE', src)
+    files = []
+    for path in native.SOURCES + native.HEADERS:
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes() + (b'\n// changed\n' if path.name == changed else b''))
+        files.append(copy)
+    monkeypatch.setattr(native, 'SOURCES', tuple(files[:len(native.SOURCES)]))
+    monkeypatch.setattr(native, 'HEADERS', tuple(files[len(native.SOURCES):]))
     assert native.build_key() != key
     monkeypatch.undo()
     assert native.build_key() == key

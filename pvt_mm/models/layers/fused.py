@@ -14,7 +14,7 @@ once per backbone forward:
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -51,15 +51,18 @@ def set_fused_kernels(enabled: bool) -> None:
     _fused_allowed = bool(enabled)
 
 
-def _cast(t: Tensor | None, dtype: torch.dtype, owner: nn.Module, name: str) -> Tensor | None:
-    """``t`` in ``dtype``; a cast copy is cached on ``owner`` until the weight changes."""
-    if t is None or t.dtype == dtype:
+def cached_cast(t: Tensor | None, dtype: torch.dtype, owner: nn.Module, name: str,
+                layout: Callable[[Tensor], Tensor] | None = None) -> Tensor | None:
+    """``t`` in ``dtype``, rearranged by ``layout`` if given (e.g. a native kernel's weight
+    blocks); the copy is cached on ``owner`` under ``name`` until the weight changes."""
+    if t is None or (t.dtype == dtype and layout is None):
         return t
     key = (dtype, t.data_ptr(), t._version)
     cache = owner.__dict__.setdefault('_fused_cast_cache', {})
     hit = cache.get(name)
     if hit is None or hit[0] != key:
-        hit = cache[name] = (key, t.detach().to(dtype))
+        w = t.detach().to(dtype)
+        hit = cache[name] = (key, w if layout is None else layout(w))
     return hit[1]
 
 
@@ -106,8 +109,8 @@ class OneDNNKernels(NamedTuple):
         if self.autograd:
             bias = None if layer.bias is None else layer.bias.to(dtype)
             return reference(_OneDNNLinear.apply(x.to(dtype), layer.weight.to(dtype), bias))
-        w = _cast(layer.weight, dtype, layer, 'weight')
-        b = _cast(layer.bias, dtype, layer, 'bias')
+        w = cached_cast(layer.weight, dtype, layer, 'weight')
+        b = cached_cast(layer.bias, dtype, layer, 'bias')
         return _MKLDNN._linear_pointwise(x.to(dtype), w, b, post_op, [], algorithm)
 
     def conv(self, x: Tensor, conv: nn.Conv2d, act: str = 'none') -> Tensor:
@@ -115,8 +118,8 @@ class OneDNNKernels(NamedTuple):
         post_op, algorithm, reference = ACTIVATIONS[act]
         if self.autograd or not isinstance(conv.padding, tuple):
             return reference(conv(x))
-        w = _cast(conv.weight, self.dtype, conv, 'weight')
-        b = _cast(conv.bias, self.dtype, conv, 'bias')
+        w = cached_cast(conv.weight, self.dtype, conv, 'weight')
+        b = cached_cast(conv.bias, self.dtype, conv, 'bias')
         return _MKLDNN._convolution_pointwise(
             x.to(self.dtype), w, b, list(conv.padding), list(conv.stride),
             list(conv.dilation), conv.groups, post_op, [], algorithm)

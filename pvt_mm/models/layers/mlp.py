@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import native
 from .exec_path import ExecKind, ExecPath, decide_exec_path
-from .fused import OneDNNKernels
+from .fused import OneDNNKernels, cached_cast
 from .mlp_grad import BandedMlpFunction
 from .shape import HW, RowBand, nchw_to_nlc, nlc_to_nchw, row_bands
 
@@ -16,6 +17,10 @@ from .shape import HW, RowBand, nchw_to_nlc, nlc_to_nchw, row_bands
 # the depthwise conv reads one extra row on each side of a band. Training takes the same path
 # forward and recomputes band by band backward (mlp_grad.py).
 INFER_BAND_BYTES = 8 * 2 ** 20
+# Without a depthwise conv (v1) the native fused MLP (csrc/tile_mlp.cpp) runs instead, over
+# tiles of this many token rows. PVT-S MLPs at 512x512, 2 threads: 32 / 64 / 128 rows within
+# ~10% of each other, 64 the fastest or level in 6 of the 8 stage x dtype cases.
+NATIVE_MLP_TILE = 64
 
 
 class DWConv(nn.Module):
@@ -111,9 +116,35 @@ class Mlp(nn.Module):
         return row_bands(hw[0], INFER_BAND_BYTES // (row_bytes * self.fc1.out_features),
                          self.halo)
 
+    def native_supported(self, dtype: torch.dtype) -> bool:
+        """True when the native fused MLP (:mod:`.native`) runs this MLP in ``dtype``: no
+        depthwise conv or ReLU (v1), biases, a hidden width that is a multiple of 64 and, for
+        bf16, an even input width."""
+        return (self.dwconv is None and self.relu is None and native.supports(dtype)
+                and self.fc1.bias is not None and self.fc2.bias is not None
+                and self.fc1.out_features % 64 == 0
+                and (dtype == torch.float32 or self.fc1.in_features % 2 == 0))
+
+    def _forward_native(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        """Inference, the native fused kernel in ``dtype``: x (B, N, C) -> (B, N, C)."""
+        B, N, C = x.shape
+        blocks = native.kernel().prepare_weight
+        w1 = cached_cast(self.fc1.weight, dtype, self.fc1, 'native_blocks', blocks)
+        w2 = cached_cast(self.fc2.weight, dtype, self.fc2, 'native_blocks', blocks)
+        b1 = cached_cast(self.fc1.bias, torch.float32, self.fc1, 'bias_fp32')
+        b2 = cached_cast(self.fc2.bias, torch.float32, self.fc2, 'bias_fp32')
+        rows = x.to(dtype).reshape(B * N, C).contiguous()
+        out = torch.empty_like(rows)
+        with torch.profiler.record_function('pvt_mm::tile_mlp'):  # named in profiles
+            native.kernel().tile_mlp(rows, w1, b1.contiguous(), w2, b2.contiguous(), out,
+                                     NATIVE_MLP_TILE)
+        return out.view(B, N, C)
+
     def _forward_banded(self, x: Tensor, hw: HW, dtype: torch.dtype) -> Tensor:
         """Without autograd, fused kernels in ``dtype``: x (B, N, C) -> (B, N, C), one band of
-        rows at a time."""
+        rows at a time (the native fused kernel where :meth:`native_supported`)."""
+        if self.native_supported(dtype):
+            return self._forward_native(x, dtype)
         B, N, C = x.shape
         kernels = OneDNNKernels(dtype, autograd=False)
         rows = x.view(B, *hw, C)

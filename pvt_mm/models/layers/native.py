@@ -1,9 +1,11 @@
-"""The native attention kernel (``csrc/tile_attention.cpp``): built once per machine and torch.
+"""The native inference kernels (``csrc/``: the attention tile kernel ``tile_attention.cpp`` and
+the fused v1 MLP ``tile_mlp.cpp``): built once per machine and torch.
 
-``make install`` builds it (``python tools/build_native.py``, i.e. :func:`main`); a forward only loads
-what was built, never compiles. Without it (no compiler at install time, another torch, another
-CPU, ``PVT_MM_NATIVE=0``) the inference fast path computes attention through oneDNN matmuls over
-query chunks instead; :func:`describe` says which one runs (``tools/benchmark.py`` prints it).
+``make install`` builds them (``python tools/build_native.py``, i.e. :func:`main`); a forward only
+loads what was built, never compiles. Without them (no compiler at install time, another torch,
+another CPU, ``PVT_MM_NATIVE=0``) the inference fast path computes attention through oneDNN
+matmuls over query chunks and the MLP through oneDNN linears over row bands instead;
+:func:`describe` says which one runs (``tools/benchmark.py`` prints it).
 
 The build lives in ``$PVT_MM_NATIVE_DIR`` if set, else ``<sys.prefix>/share/pvt_mm/native``
 (the virtual environment of the torch it was compiled against), in a folder named by a hash of
@@ -22,7 +24,9 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name('csrc') / 'tile_attention.cpp'
+CSRC = Path(__file__).with_name('csrc')
+SOURCES = tuple(CSRC / name for name in ('bindings.cpp', 'tile_attention.cpp', 'tile_mlp.cpp'))
+HEADERS = (CSRC / 'common.h',)
 ENV_SWITCH = 'PVT_MM_NATIVE'  # '0': never use the native kernel
 ENV_DIR = 'PVT_MM_NATIVE_DIR'
 _UNSET = object()
@@ -51,15 +55,17 @@ def _cpu_features() -> str:
 
 
 def build_key() -> str:
-    """What the binary depends on, hashed: source, torch, flags, CPU features, Python."""
-    h = hashlib.sha256(SOURCE.read_bytes())
+    """What the binary depends on, hashed: sources, torch, flags, CPU features, Python."""
+    h = hashlib.sha256()
+    for path in SOURCES + HEADERS:
+        h.update(path.read_bytes())
     for part in (torch.__version__, ' '.join(_cflags()), _cpu_features(), sys.version):
         h.update(part.encode())
     return h.hexdigest()[:16]
 
 
 def module_name() -> str:
-    return f'pvt_mm_tile_attention_{build_key()}'
+    return f'pvt_mm_native_{build_key()}'
 
 
 def build_dir() -> Path:
@@ -105,21 +111,22 @@ def supports(dtype: torch.dtype) -> bool:
 
 
 def describe() -> str:
-    """One line: which attention kernel the CPU inference path uses, and why."""
+    """One line: which attention and MLP kernels the CPU inference path uses, and why."""
     mod = kernel()
     if mod is None:
-        return f'attention: oneDNN matmuls over query chunks (native kernel {_loaded})'
+        return ('attention: oneDNN matmuls over query chunks, MLP: oneDNN linears over row '
+                f'bands (native kernels {_loaded})')
     bf16 = 'fp32 + bf16' if mod.supports_bf16() else 'fp32 (bf16: oneDNN matmuls)'
-    return f'attention: native tile kernel, {bf16}'
+    return f'attention + v1 MLP: native tile kernels, {bf16}'
 
 
 def build(verbose: bool = False) -> ModuleType:
-    """Compile the kernel for this machine (about 40 s on 2 cores) and load it."""
+    """Compile the kernels for this machine (about a minute on 2 cores) and load them."""
     global _loaded
     from torch.utils import cpp_extension
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    module = cpp_extension.load(module_name(), [str(SOURCE)], extra_cflags=_cflags(),
+    module = cpp_extension.load(module_name(), [str(p) for p in SOURCES], extra_cflags=_cflags(),
                                 extra_ldflags=['-fopenmp'], build_directory=str(directory),
                                 verbose=verbose)
     _loaded = module
@@ -131,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     parser = argparse.ArgumentParser(
         prog='tools/build_native.py',
-        description='Compile pvt_mm\'s native attention kernel for this CPU and torch.')
+        description='Compile pvt_mm\'s native inference kernels for this CPU and torch.')
     parser.add_argument('--verbose', action='store_true', help="show the compiler's output")
     args = parser.parse_args(argv)
     try:
         build(verbose=args.verbose)
     except Exception as err:  # a compiler error: the matmul path still works
-        print(f'pvt_mm: native attention kernel not built ({type(err).__name__}: '
+        print(f'pvt_mm: native kernels not built ({type(err).__name__}: '
               f'{str(err).strip().splitlines()[-1] if str(err).strip() else err}); '
               'the oneDNN matmul path will be used', file=sys.stderr)
         return 1

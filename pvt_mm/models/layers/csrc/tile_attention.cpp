@@ -9,21 +9,12 @@
 // brgemm: oneDNN's ukernel, AMX for bf16 where the CPU has it), exponentiated in cache,
 // multiplied by the values and normalised on the (tile x E) output, so the score matrix never
 // leaves L2. With one group the 1/sum is applied to the output (E columns, not M).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
-#include <ATen/native/CPUBlas.h>
-#include <torch/extension.h>
-
-#include <algorithm>
-#include <cmath>
 #include <vector>
 
-namespace {
+#include "common.h"
 
-using Vec = at::vec::Vectorized<float>;
-namespace cpublas = at::native::cpublas;
+namespace pvt_mm {
+namespace {
 
 // rows x M fp32 scores (ld = ldS): + bias, exp(s - max) per group in place; inv[r, g] = 1/sum.
 void exp_rows(float* s, int64_t rows, int64_t M, int64_t ldS, int64_t groups,
@@ -80,13 +71,7 @@ void finish_rows(const float* o, int64_t ldO, int64_t rows, int64_t E, const flo
       const int64_t n = std::min<int64_t>(Vec::size(), E - i);
       Vec y = Vec::loadu(src + i, n) * scale;
       if (bias) y = y + Vec::loadu(bias + i, n);
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        y.store(d + i, n);
-      } else {
-        float tmp[Vec::size()];
-        y.store(tmp, n);
-        for (int64_t j = 0; j < n; ++j) d[i + j] = static_cast<scalar_t>(tmp[j]);
-      }
+      store<scalar_t>(y, d + i, n);
     }
   }
 }
@@ -117,24 +102,6 @@ void tile_attention_f32(const at::Tensor& q, const at::Tensor& kT, const at::Ten
                          v_bias ? v_bias + a * E : nullptr, op + r0 * ldo + a * E, ldo);
     }
   });
-}
-
-constexpr int64_t kBlock = 64;  // columns of one VNNI-packed B block
-
-// (A, R, C) bf16 -> (A, ceil(C / 64), R', 64) VNNI blocks, R' = R rounded up to even, zero
-// padded: the layout oneDNN's bf16 micro-kernel reads B in.
-at::Tensor pack_blocks(const at::Tensor& b) {
-  const int64_t A = b.size(0), R = b.size(1), C = b.size(2);
-  const int64_t Rp = (R + 1) / 2 * 2, nb = (C + kBlock - 1) / kBlock;
-  at::Tensor padded = at::zeros({A, Rp, nb * kBlock}, b.options());
-  padded.narrow(1, 0, R).narrow(2, 0, C).copy_(b);
-  at::Tensor blocks = padded.view({A, Rp, nb, kBlock}).permute({0, 2, 1, 3}).contiguous();
-  at::Tensor packed = at::empty_like(blocks);
-  for (int64_t i = 0; i < A * nb; ++i)
-    cpublas::pack(Rp, kBlock, kBlock, kBlock, at::kBFloat16, at::kBFloat16,
-                  blocks.data_ptr<at::BFloat16>() + i * Rp * kBlock,
-                  packed.data_ptr<at::BFloat16>() + i * Rp * kBlock);
-  return packed;
 }
 
 // bf16: both B operands VNNI-packed in 64-column blocks; scores and accumulators fp32, the
@@ -181,9 +148,6 @@ void tile_attention_bf16(const at::Tensor& q, const at::Tensor& kT, const at::Te
 
 }  // namespace
 
-// bf16 runs only where oneDNN's micro-kernel takes VNNI-packed operands (AVX512-BF16 / AMX).
-bool supports_bf16() { return cpublas::could_pack(at::kBFloat16); }
-
 // See the top of the file. k_bias: (A, M) fp32 or empty; v_bias: (A * E,) fp32 or empty.
 void tile_attention(const at::Tensor& q, const at::Tensor& kT, const at::Tensor& v,
                     at::Tensor out, const at::Tensor& k_bias, const at::Tensor& v_bias,
@@ -218,7 +182,4 @@ void tile_attention(const at::Tensor& q, const at::Tensor& kT, const at::Tensor&
     tile_attention_bf16(q, kT, v, out, kb, vb, groups, tile);
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("tile_attention", &tile_attention, "fused softmax attention over query tiles");
-  m.def("supports_bf16", &supports_bf16, "bf16 micro-kernels available");
-}
+}  // namespace pvt_mm
