@@ -1,7 +1,7 @@
-"""The native fused MLP (pvt_mm/models/layers/csrc/tile_mlp.cpp): fc1 -> exact GELU -> fc2 over
-tiles of tokens for PVT v1's feed-forward at inference; numerically the MLP it replaces, its
-GELU exact to fp32 rounding, its weight blocks rebuilt when the weights change, and the oneDNN
-row bands wherever it does not apply."""
+"""The native fused MLP (pvt_mm/models/layers/csrc/tile_mlp.cpp): [x +] fc2(GELU(fc1([norm] x)))
+over tiles of tokens for PVT v1's feed-forward half of a block at inference; numerically the
+computation it replaces, its GELU exact to fp32 rounding, its weight blocks rebuilt when the
+weights change, and the oneDNN row bands wherever it does not apply."""
 from __future__ import annotations
 
 import pytest
@@ -14,19 +14,28 @@ from pvt_mm.models.layers.mlp import Mlp
 pytestmark = pytest.mark.skipif(native.kernel() is None, reason=native.describe())
 
 
-def run_kernel(x, w1, b1, w2, b2, tile=64):
-    """The kernel alone on (N, C) tokens in x's dtype, with nn.Linear-layout weights."""
+NONE = torch.empty(0)
+
+
+def run_kernel(x, w1, b1, w2, b2, tile=64, dtype=None, norm=None, residual=False):
+    """The kernel alone on (N, C) tokens x, matmuls in ``dtype`` (x's by default), with
+    nn.Linear-layout weights and an optional LayerNorm ``norm`` = (weight, bias, eps)."""
     mod = native.kernel()
+    dtype = dtype or x.dtype
     out = torch.empty_like(x)
-    mod.tile_mlp(x, mod.prepare_weight(w1.to(x.dtype)), b1, mod.prepare_weight(w2.to(x.dtype)),
-                 b2, out, tile)
+    nw, nb, eps = norm if norm is not None else (NONE, NONE, 0.0)
+    mod.tile_mlp(x, nw, nb, eps, mod.prepare_weight(w1.to(dtype)), b1,
+                 mod.prepare_weight(w2.to(dtype)), b2, residual, out, tile)
     return out
 
 
-def reference(x, w1, b1, w2, b2):
-    """gelu(x W1^T + b1) W2^T + b2 in fp64 (exact erf GELU)."""
+def reference(x, w1, b1, w2, b2, norm=None, residual=False):
+    """[x +] gelu(norm(x) W1^T + b1) W2^T + b2 in fp64 (exact erf GELU)."""
     x, w1, b1, w2, b2 = (t.double() for t in (x, w1, b1, w2, b2))
-    return F.gelu(x @ w1.t() + b1) @ w2.t() + b2
+    h = x if norm is None else F.layer_norm(x, x.shape[-1:], norm[0].double(),
+                                            norm[1].double(), norm[2])
+    y = F.gelu(h @ w1.t() + b1) @ w2.t() + b2
+    return x + y if residual else y
 
 
 CASES = [  # N tokens, C, H, tile
@@ -54,6 +63,27 @@ def test_kernel_matches_fp64_reference(case, dtype):
     else:
         assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) >= 0.9995
         assert (out - ref).abs().max() <= 0.05 * ref.abs().max() + 0.02
+
+
+@pytest.mark.parametrize('mm', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('io', [torch.float32, torch.bfloat16])
+def test_kernel_with_norm_and_residual(io, mm):
+    """The block's form: fp32 or bf16 tokens (autocast keeps the residual stream fp32) with
+    bf16 or fp32 matmuls, the LayerNorm and the residual inside the kernel."""
+    if not native.supports(mm) or (io == torch.bfloat16 and mm == torch.float32):
+        pytest.skip('not a combination the kernel takes here')
+    N, C, H = 150, 64, 256
+    x = (torch.randn(N, C) * 3 + 1).to(io)  # off-centre rows: the norm matters
+    w1, w2 = torch.randn(H, C) * C ** -0.5, torch.randn(C, H) * H ** -0.5
+    b1, b2 = torch.randn(H), torch.randn(C)
+    norm = (torch.rand(C) + 0.5, torch.randn(C), 1e-6)
+    out = run_kernel(x, w1, b1, w2, b2, 32, mm, norm, residual=True).float()
+    ref = reference(x, w1.to(mm), b1, w2.to(mm), b2, norm, residual=True).float()
+    if mm == torch.float32:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    else:
+        assert F.cosine_similarity((out - x.float()).flatten(), (ref - x.float()).flatten(),
+                                   dim=0) >= 0.9995  # the MLP's part, not the residual's
 
 
 def test_gelu_is_exact_to_fp32_rounding():
@@ -113,6 +143,49 @@ def test_changed_weights_rebuild_the_blocks():
     torch.testing.assert_close(after, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_block_fuses_its_mlp_half(dtype, monkeypatch):
+    """A v1 block at inference computes ``x + mlp(norm2(x))`` in the kernel (counted), with
+    the result of the unfused fast path; training mode with stochastic depth does not fuse."""
+    from pvt_mm.models.layers.block import PVTBlock
+    from pvt_mm.models.layers.exec_path import decide_exec_path
+    if not native.supports(dtype):
+        pytest.skip(f'{dtype}: {native.describe()}')
+    block = PVTBlock(64, 1, 8, 8).eval()
+    for norm in (block.norm1, block.norm2):
+        torch.nn.init.normal_(norm.weight, 1, 0.3)
+        torch.nn.init.normal_(norm.bias, 0, 0.3)
+    x = torch.randn(2, 16 * 12, 64)
+
+    def run():
+        with torch.no_grad(), torch.autocast('cpu', torch.bfloat16,
+                                             enabled=dtype == torch.bfloat16):
+            path = decide_exec_path(x, torch.float32)
+            return block(x, (16, 12), path).float(), path
+
+    fused, path = run()
+    assert block._fused_mlp_half(path)
+    calls = []
+    real = native.kernel()
+    monkeypatch.setattr(native, 'kernel', lambda: calls.append(1) or real)
+    run()
+    assert calls, 'the native kernel was not used'
+    monkeypatch.undo()
+    monkeypatch.setattr(PVTBlock, '_fused_mlp_half', lambda self, path: False)
+    monkeypatch.setattr(Mlp, 'native_supported', lambda self, d: False)
+    plain, _ = run()
+    if dtype == torch.float32:
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    else:
+        assert F.cosine_similarity(fused.flatten(), plain.flatten(), dim=0) >= 0.9995
+    monkeypatch.undo()
+    block.train()
+    block.drop_path.drop_prob = 0.5
+    assert not block._fused_mlp_half(path)
+    block.mlp.drop.p = 0.1
+    assert not block.mlp.native_supported(torch.float32)
+
+
 def test_where_it_does_not_apply_the_bands_run(monkeypatch):
     """v2's MLP (depthwise conv), a hidden width that is not a multiple of 64, or no built
     kernel: the oneDNN bands run, with the reference's result."""
@@ -135,15 +208,26 @@ def test_kernel_refuses_inconsistent_operands():
     x, out = torch.randn(8, 64), torch.empty(8, 64)
     w1, w2 = mod.prepare_weight(torch.randn(256, 64)), mod.prepare_weight(torch.randn(64, 256))
     b1, b2 = torch.randn(256), torch.randn(64)
+
+    def call(x=x, w1=w1, b1=b1, w2=w2, b2=b2, out=out, nw=NONE, nb=NONE):
+        mod.tile_mlp(x, nw, nb, 1e-6, w1, b1, w2, b2, False, out, 64)
+
+    call()
     with pytest.raises(RuntimeError, match='w1 blocks'):
-        mod.tile_mlp(x, mod.prepare_weight(torch.randn(256, 32)), b1, w2, b2, out, 64)
+        call(w1=mod.prepare_weight(torch.randn(256, 32)))
     with pytest.raises(RuntimeError, match='w2 blocks'):
-        mod.tile_mlp(x, w1, b1, mod.prepare_weight(torch.randn(64, 128)), b2, out, 64)
+        call(w2=mod.prepare_weight(torch.randn(64, 128)))
     with pytest.raises(RuntimeError, match='b1'):
-        mod.tile_mlp(x, w1, torch.randn(200), w2, b2, out, 64)
+        call(b1=torch.randn(200))
     with pytest.raises(RuntimeError, match='one dtype'):
-        mod.tile_mlp(x, w1, b1, w2, b2, out.double(), 64)
+        call(out=out.double())
+    with pytest.raises(RuntimeError, match='x fp32 or'):
+        call(x=x.double())
     with pytest.raises(RuntimeError, match='contiguous'):
-        mod.tile_mlp(x.t().contiguous().t(), w1, b1, w2, b2, out, 64)
+        call(x=x.t().contiguous().t())
+    with pytest.raises(RuntimeError, match='norm weight and bias'):
+        call(nw=torch.ones(64))
+    with pytest.raises(RuntimeError, match='norm weight and bias'):
+        call(nw=torch.ones(32), nb=torch.zeros(32))
     with pytest.raises(RuntimeError, match='2-D'):
         mod.prepare_weight(torch.randn(4, 4, 4))

@@ -117,34 +117,46 @@ class Mlp(nn.Module):
                          self.halo)
 
     def native_supported(self, dtype: torch.dtype) -> bool:
-        """True when the native fused MLP (:mod:`.native`) runs this MLP in ``dtype``: no
-        depthwise conv or ReLU (v1), biases, a hidden width that is a multiple of 64 and, for
-        bf16, an even input width."""
+        """True when the native fused MLP (:mod:`.native`) runs this MLP in ``dtype`` at
+        inference: no depthwise conv or ReLU (v1), no dropout to apply, biases, a hidden width
+        that is a multiple of 64 and, for bf16, an even input width."""
         return (self.dwconv is None and self.relu is None and native.supports(dtype)
+                and (self.drop.p == 0 or not self.training)
                 and self.fc1.bias is not None and self.fc2.bias is not None
                 and self.fc1.out_features % 64 == 0
                 and (dtype == torch.float32 or self.fc1.in_features % 2 == 0))
 
-    def _forward_native(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        """Inference, the native fused kernel in ``dtype``: x (B, N, C) -> (B, N, C)."""
+    def forward_native(self, x: Tensor, dtype: torch.dtype, norm: nn.LayerNorm | None = None,
+                       residual: bool = False) -> Tensor:
+        """Inference where :meth:`native_supported`: x (B, N, C) -> (B, N, C) =
+        ``[x +] self(norm(x))`` in one native pass, the matmuls in ``dtype``; x and the result
+        fp32 or ``dtype`` (the residual stream under autocast is fp32)."""
         B, N, C = x.shape
         blocks = native.kernel().prepare_weight
         w1 = cached_cast(self.fc1.weight, dtype, self.fc1, 'native_blocks', blocks)
         w2 = cached_cast(self.fc2.weight, dtype, self.fc2, 'native_blocks', blocks)
-        b1 = cached_cast(self.fc1.bias, torch.float32, self.fc1, 'bias_fp32')
-        b2 = cached_cast(self.fc2.bias, torch.float32, self.fc2, 'bias_fp32')
-        rows = x.to(dtype).reshape(B * N, C).contiguous()
+        f32 = [cached_cast(t, torch.float32, owner, 'fp32_' + name).contiguous()
+               for t, owner, name in ((self.fc1.bias, self.fc1, 'bias'),
+                                      (self.fc2.bias, self.fc2, 'bias'))]
+        none = torch.empty(0)
+        gamma = none if norm is None else cached_cast(norm.weight, torch.float32, norm, 'fp32_w')
+        beta = none if norm is None else cached_cast(norm.bias, torch.float32, norm, 'fp32_b')
+        rows = x.reshape(B * N, C)
+        if rows.dtype not in (torch.float32, dtype):
+            rows = rows.float()
+        rows = rows.contiguous()
         out = torch.empty_like(rows)
         with torch.profiler.record_function('pvt_mm::tile_mlp'):  # named in profiles
-            native.kernel().tile_mlp(rows, w1, b1.contiguous(), w2, b2.contiguous(), out,
-                                     NATIVE_MLP_TILE)
+            native.kernel().tile_mlp(rows, gamma.contiguous(), beta.contiguous(),
+                                     norm.eps if norm is not None else 0.0, w1, f32[0], w2,
+                                     f32[1], residual, out, NATIVE_MLP_TILE)
         return out.view(B, N, C)
 
     def _forward_banded(self, x: Tensor, hw: HW, dtype: torch.dtype) -> Tensor:
         """Without autograd, fused kernels in ``dtype``: x (B, N, C) -> (B, N, C), one band of
         rows at a time (the native fused kernel where :meth:`native_supported`)."""
         if self.native_supported(dtype):
-            return self._forward_native(x, dtype)
+            return self.forward_native(x, dtype)
         B, N, C = x.shape
         kernels = OneDNNKernels(dtype, autograd=False)
         rows = x.view(B, *hw, C)

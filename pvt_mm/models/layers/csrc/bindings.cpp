@@ -8,13 +8,14 @@ void tile_attention(const at::Tensor& q, const at::Tensor& kT, const at::Tensor&
                     at::Tensor out, const at::Tensor& k_bias, const at::Tensor& v_bias,
                     int64_t groups, int64_t tile);
 at::Tensor prepare_weight(const at::Tensor& weight);
-void tile_mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-              const at::Tensor& w2, const at::Tensor& b2, at::Tensor out, int64_t tile);
+void tile_mlp(const at::Tensor& x, const at::Tensor& norm_weight, const at::Tensor& norm_bias,
+              double eps, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+              const at::Tensor& b2, bool residual, at::Tensor out, int64_t tile);
 }  // namespace pvt_mm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("tile_attention", &pvt_mm::tile_attention, "fused softmax attention over query tiles");
   m.def("prepare_weight", &pvt_mm::prepare_weight, "nn.Linear weight -> tile_mlp blocks");
-  m.def("tile_mlp", &pvt_mm::tile_mlp, "fused fc1 -> GELU -> fc2 over token tiles");
+  m.def("tile_mlp", &pvt_mm::tile_mlp, "[x +] fc2(GELU(fc1([LayerNorm] x))) over token tiles");
   m.def("supports_bf16", &pvt_mm::supports_bf16, "bf16 micro-kernels available");
 }
