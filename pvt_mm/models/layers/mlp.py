@@ -18,8 +18,8 @@ from .shape import HW, RowBand, nchw_to_nlc, nlc_to_nchw, row_bands
 # forward and recomputes band by band backward (mlp_grad.py).
 INFER_BAND_BYTES = 8 * 2 ** 20
 # Without a depthwise conv (v1) the native fused MLP (csrc/tile_mlp.cpp) runs instead, over
-# tiles of this many token rows. PVT-S MLPs at 512x512, 2 threads: 32 / 64 / 128 rows within
-# ~10% of each other, 64 the fastest or level in 6 of the 8 stage x dtype cases.
+# tiles of this many token rows. PVT-S's four MLPs at 512x512, fp32 and bf16, 2 threads, 32 / 64 /
+# 128 rows: 64 the fastest in 4 of the 8 cases and within 5% of the fastest in the others.
 NATIVE_MLP_TILE = 64
 
 

@@ -1,4 +1,4 @@
-// The Python module of pvt_mm's native CPU inference kernels (built by pvt_mm/models/layers/native.py).
+// The Python module of pvt_mm's native CPU inference kernels (built by models/layers/native.py).
 #include <torch/extension.h>
 
 #include "common.h"
