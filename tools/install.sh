@@ -34,7 +34,7 @@ step "checking torchvision"
 "$VENV/bin/python" tools/fix_torchvision.py
 step "pvt_mm (editable)"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
-step "pvt_mm's native attention kernel, compiled for this CPU and torch (~1 min; optional)"
+step "pvt_mm's native attention and MLP kernels, compiled for this CPU and torch (~1 min; optional)"
 "$VENV/bin/python" tools/build_native.py \
-  || echo "continuing without it: inference attention runs as oneDNN matmuls" >&2
+  || echo "continuing without them: inference attention and MLPs run as oneDNN matmuls" >&2
 "$VENV/bin/python" -c "import pvt_mm, mmdet.models, mmseg.models; print('pvt_mm', pvt_mm.__version__, 'installed')"

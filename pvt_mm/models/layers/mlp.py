@@ -132,9 +132,9 @@ class Mlp(nn.Module):
         ``[x +] self(norm(x))`` in one native pass, the matmuls in ``dtype``; x and the result
         fp32 or ``dtype`` (the residual stream under autocast is fp32)."""
         B, N, C = x.shape
-        blocks = native.kernel().prepare_weight
-        w1 = cached_cast(self.fc1.weight, dtype, self.fc1, 'native_blocks', blocks)
-        w2 = cached_cast(self.fc2.weight, dtype, self.fc2, 'native_blocks', blocks)
+        blocks, name = native.kernel().prepare_weight, f'native_blocks_{dtype}'
+        w1 = cached_cast(self.fc1.weight, dtype, self.fc1, name, blocks)  # one copy per dtype
+        w2 = cached_cast(self.fc2.weight, dtype, self.fc2, name, blocks)
         f32 = [cached_cast(t, torch.float32, owner, 'fp32_' + name).contiguous()
                for t, owner, name in ((self.fc1.bias, self.fc1, 'bias'),
                                       (self.fc2.bias, self.fc2, 'bias'))]

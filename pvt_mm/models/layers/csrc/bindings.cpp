@@ -1,9 +1,10 @@
 // The Python module of pvt_mm's native CPU inference kernels (built by models/layers/native.py).
-#include <torch/extension.h>
-
-#include "common.h"
+// Only torch's pybind11 type casters: torch/extension.h (the whole C++ frontend) took 49 s of the
+// build's ~55 on 2 cores, this ~18.
+#include <torch/csrc/utils/pybind.h>
 
 namespace pvt_mm {
+bool supports_bf16();
 void tile_attention(const at::Tensor& q, const at::Tensor& kT, const at::Tensor& v,
                     at::Tensor out, const at::Tensor& k_bias, const at::Tensor& v_bias,
                     int64_t groups, int64_t tile);

@@ -18,7 +18,7 @@ namespace cpublas = at::native::cpublas;
 constexpr int64_t kBlock = 64;  // columns of one B block (the VNNI pack ukernel's only width)
 
 // bf16 runs only where oneDNN's micro-kernel takes VNNI-packed operands (AVX512-BF16 / AMX).
-inline bool supports_bf16() { return cpublas::could_pack(at::kBFloat16); }
+bool supports_bf16();
 
 // (A, R, C) -> (A, ceil(C / 64), R', 64): column blocks of B as the micro-kernel reads them,
 // zero padded; bf16 blocks are VNNI-packed with R' = R rounded up to even, fp32 ones plain.

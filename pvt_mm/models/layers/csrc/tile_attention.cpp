@@ -148,6 +148,8 @@ void tile_attention_bf16(const at::Tensor& q, const at::Tensor& kT, const at::Te
 
 }  // namespace
 
+bool supports_bf16() { return cpublas::could_pack(at::kBFloat16); }
+
 // See the top of the file. k_bias: (A, M) fp32 or empty; v_bias: (A * E,) fp32 or empty.
 void tile_attention(const at::Tensor& q, const at::Tensor& kT, const at::Tensor& v,
                     at::Tensor out, const at::Tensor& k_bias, const at::Tensor& v_bias,
