@@ -65,13 +65,16 @@ def test_kernel_matches_fp64_reference(case, dtype):
         assert (out - ref).abs().max() <= 0.05 * ref.abs().max() + 0.02
 
 
-@pytest.mark.parametrize('mm', [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize('io', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('io, mm', [(torch.float32, torch.float32),
+                                    (torch.float32, torch.bfloat16),
+                                    (torch.bfloat16, torch.bfloat16)],
+                         ids=['fp32', 'fp32-tokens-bf16-matmuls', 'bf16'])
 def test_kernel_with_norm_and_residual(io, mm):
     """The block's form: fp32 or bf16 tokens (autocast keeps the residual stream fp32) with
-    bf16 or fp32 matmuls, the LayerNorm and the residual inside the kernel."""
-    if not native.supports(mm) or (io == torch.bfloat16 and mm == torch.float32):
-        pytest.skip('not a combination the kernel takes here')
+    fp32 or bf16 matmuls, the LayerNorm and the residual inside the kernel. (bf16 tokens with
+    fp32 matmuls are refused: test_kernel_refuses_inconsistent_operands.)"""
+    if not native.supports(mm):
+        pytest.skip(f'{mm}: {native.describe()}')
     N, C, H = 150, 64, 256
     x = (torch.randn(N, C) * 3 + 1).to(io)  # off-centre rows: the norm matters
     w1, w2 = torch.randn(H, C) * C ** -0.5, torch.randn(C, H) * H ** -0.5
@@ -223,6 +226,9 @@ def test_kernel_refuses_inconsistent_operands():
         call(out=out.double())
     with pytest.raises(RuntimeError, match='x fp32 or'):
         call(x=x.double())
+    if native.supports(torch.bfloat16):
+        with pytest.raises(RuntimeError, match='x fp32 or'):
+            call(x=x.bfloat16())  # bf16 tokens with fp32 weights
     with pytest.raises(RuntimeError, match='contiguous'):
         call(x=x.t().contiguous().t())
     with pytest.raises(RuntimeError, match='norm weight and bias'):

@@ -132,24 +132,24 @@ class Mlp(nn.Module):
         ``[x +] self(norm(x))`` in one native pass, the matmuls in ``dtype``; x and the result
         fp32 or ``dtype`` (the residual stream under autocast is fp32)."""
         B, N, C = x.shape
-        blocks, name = native.kernel().prepare_weight, f'native_blocks_{dtype}'
-        w1 = cached_cast(self.fc1.weight, dtype, self.fc1, name, blocks)  # one copy per dtype
-        w2 = cached_cast(self.fc2.weight, dtype, self.fc2, name, blocks)
-        f32 = [cached_cast(t, torch.float32, owner, 'fp32_' + name).contiguous()
-               for t, owner, name in ((self.fc1.bias, self.fc1, 'bias'),
-                                      (self.fc2.bias, self.fc2, 'bias'))]
+        kernel = native.kernel()
+        blocks = f'native_blocks_{dtype}'  # one packed copy per dtype
+        w1 = cached_cast(self.fc1.weight, dtype, self.fc1, blocks, kernel.prepare_weight)
+        w2 = cached_cast(self.fc2.weight, dtype, self.fc2, blocks, kernel.prepare_weight)
+        b1 = cached_cast(self.fc1.bias, torch.float32, self.fc1, 'bias_fp32')
+        b2 = cached_cast(self.fc2.bias, torch.float32, self.fc2, 'bias_fp32')
         none = torch.empty(0)
-        gamma = none if norm is None else cached_cast(norm.weight, torch.float32, norm, 'fp32_w')
-        beta = none if norm is None else cached_cast(norm.bias, torch.float32, norm, 'fp32_b')
+        gamma = none if norm is None else cached_cast(norm.weight, torch.float32, norm, 'w_fp32')
+        beta = none if norm is None else cached_cast(norm.bias, torch.float32, norm, 'b_fp32')
         rows = x.reshape(B * N, C)
         if rows.dtype not in (torch.float32, dtype):
             rows = rows.float()
         rows = rows.contiguous()
         out = torch.empty_like(rows)
         with torch.profiler.record_function('pvt_mm::tile_mlp'):  # named in profiles
-            native.kernel().tile_mlp(rows, gamma.contiguous(), beta.contiguous(),
-                                     norm.eps if norm is not None else 0.0, w1, f32[0], w2,
-                                     f32[1], residual, out, NATIVE_MLP_TILE)
+            kernel.tile_mlp(rows, gamma.contiguous(), beta.contiguous(),
+                            norm.eps if norm is not None else 0.0, w1, b1.contiguous(), w2,
+                            b2.contiguous(), residual, out, NATIVE_MLP_TILE)
         return out.view(B, N, C)
 
     def _forward_banded(self, x: Tensor, hw: HW, dtype: torch.dtype) -> Tensor:

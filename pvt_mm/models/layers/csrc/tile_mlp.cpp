@@ -79,7 +79,7 @@ void prepare_rows(const io_t* x, int64_t rows, int64_t C, const Norm& norm, floa
 
 // o (rows x C fp32, ld ldO) + bias [+ residual rows of x] -> dst (rows x C io_t, ld C).
 template <typename io_t>
-void finish_rows(const float* o, int64_t ldO, int64_t rows, int64_t C, const float* bias,
+void add_bias_residual(const float* o, int64_t ldO, int64_t rows, int64_t C, const float* bias,
                  const io_t* residual, float* row_buf, io_t* dst) {
   for (int64_t r = 0; r < rows; ++r) {
     if (residual) {
@@ -134,7 +134,7 @@ void tile_mlp_impl(const at::Tensor& x, const Norm& norm, const at::Tensor& w1,
       for (int64_t j = 0; j < nb2; ++j)
         cpublas::brgemm(rows, kBlock, K2, vnni ? K2 : H, kBlock, ldO, false, a2,
                         w2p + j * K2 * kBlock, acc.data() + j * kBlock, vnni);
-      finish_rows<io_t>(acc.data(), ldO, rows, C, b2, residual ? xp + r0 * C : nullptr,
+      add_bias_residual<io_t>(acc.data(), ldO, rows, C, b2, residual ? xp + r0 * C : nullptr,
                         row_buf.data(), op + r0 * C);
     }
     if constexpr (vnni) cpublas::brgemm_release(true);
