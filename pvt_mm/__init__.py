@@ -4,15 +4,15 @@
 ``PVT``, ``PVTv2`` and the official class names in mmengine's root ``MODELS`` registry, which
 mmdet's and mmseg's registries fall back to, and routes mmengine's local checkpoint loads
 (``load_checkpoint``: mmdet's / mmseg's inferencers and ``init_detector`` / ``init_model``)
-through the safe reader :func:`pvt_mm.checkpoint.read_checkpoint`.
+through the safe reader :func:`pvt_mm.loading.checkpoint.read_checkpoint`.
 """
-from ._compat import guard_mmpretrain_multimodal
+from ._compat import check_versions, guard_mmpretrain_multimodal
 
+check_versions()  # an unsupported mmengine / mmcv / mmdet / mmseg: one line (docs/install.md)
 guard_mmpretrain_multimodal()  # before anything imports mmdet's models (and mmpretrain's)
 
 from . import engine  # noqa: E402,F401  registers DropPathWarmupHook in mmengine's HOOKS
-from .checkpoint import use_safe_mmengine_loader  # noqa: E402
-from .convert import CheckpointError, convert_pvt_checkpoint  # noqa: E402
+from .loading import CheckpointError, convert_pvt_checkpoint, use_safe_mmengine_loader  # noqa: E402
 from .models import PVT, PVTv2  # noqa: E402
 from .version import __version__  # noqa: E402
 

@@ -6,14 +6,13 @@ import re
 import torch
 from torch import Tensor
 
-from pvt_mm.models.backbones import ARCHS, PVT, PVTv2
+from pvt_mm.models.backbones import ARCHS, build_pvt
 
 NUM_CLASSES = 1000
 
 
 def build(arch: str, **kwargs) -> torch.nn.Module:
-    cls = PVT if ARCHS[arch].version == 1 else PVTv2
-    return cls(arch=arch, **kwargs)
+    return build_pvt(arch, **kwargs)
 
 
 def _official_key(key: str) -> str:
@@ -71,3 +70,20 @@ def random_loss(outs: tuple[Tensor, ...], seed: int = 0) -> Tensor:
     sum is blind to everything before a LayerNorm with unit weights)."""
     g = torch.Generator().manual_seed(seed)
     return sum((o * torch.randn(o.shape, generator=g)).sum() for o in outs)
+
+
+def require_native(dtype: torch.dtype = torch.float32) -> None:
+    """Skip a native-kernel test where the kernel does not run ``dtype`` (a user's machine
+    without a compiler, bf16 on a CPU without VNNI), but fail on CI (``CI`` set), where
+    ``make install`` must have built it: a green CI never hides an untested kernel."""
+    import os
+
+    import pytest
+
+    from pvt_mm.models.fast import native
+    if native.supports(dtype):
+        return
+    reason = f'native kernel does not run {dtype}: {native.describe()}'
+    if os.environ.get('CI') and (dtype == torch.float32 or native.kernel() is None):
+        pytest.fail(f'on CI the native kernels must be built: {reason}')
+    pytest.skip(reason)

@@ -1,9 +1,11 @@
 """Test helpers for configs and whole detectors/segmentors: fast config loading, parameter
-counting on the meta device, tiny synthetic batches and one real training step."""
+counting on the meta device, tiny synthetic batches, one real training step, and the mIoU of
+saved segmentation predictions."""
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import mmengine.config.utils as config_utils
 import numpy as np
@@ -107,3 +109,28 @@ def train_one_step(model: nn.Module, cfg: Config, data: dict) -> tuple[float, di
     changed = {n: not torch.equal(before[n], p.detach())
                for n, p in model.named_parameters() if n in before}
     return float(torch.as_tensor(log_vars['loss']).detach()), changed
+
+
+def miou_of_saved_predictions(pred_dir: Path, gt_dir: Path, num_classes: int,
+                              ignore_index: int = 255) -> float:
+    """mIoU (%) of the label maps a segmentation test saved (tools/test.py ``--out``: one PNG
+    per image, named as the image) against the annotation PNGs of the same names, computed here
+    as mmseg's IoUMetric defines it: intersections and unions per class summed over the images,
+    classes absent from both left out of the mean."""
+    from PIL import Image
+    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    preds = sorted(Path(pred_dir).glob('*.png'))
+    assert preds, f'no predictions saved in {pred_dir}'
+    for path in preds:
+        pred = np.asarray(Image.open(path), dtype=np.int64)
+        gt = np.asarray(Image.open(Path(gt_dir) / path.name), dtype=np.int64)
+        assert pred.shape == gt.shape, (path.name, pred.shape, gt.shape)
+        valid = gt != ignore_index
+        pred, gt = pred[valid], gt[valid]
+        assert pred.max() < num_classes and gt.max() < num_classes
+        hit = np.bincount(pred[pred == gt], minlength=num_classes)
+        inter += hit
+        union += np.bincount(pred, minlength=num_classes) + \
+            np.bincount(gt, minlength=num_classes) - hit
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return float(np.nanmean(inter / union) * 100)

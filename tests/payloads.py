@@ -11,7 +11,10 @@ Two payloads, each of which creates a marker file when unpickled without protect
 """
 from __future__ import annotations
 
+import json
+import struct
 import uuid
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,7 +68,7 @@ def plain_payload(path: Path, marker: Path) -> Path:
 def hide_gadget(real: Path, path: Path, marker: Path) -> Path:
     """``real`` (a checkpoint written by the tools) re-saved with its first backbone tensor
     replaced by the gadget (which rebuilds a zero tensor of the same shape)."""
-    from pvt_mm.checkpoint import read_checkpoint
+    from pvt_mm.loading.checkpoint import read_checkpoint
     checkpoint = read_checkpoint(real)
     sd = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
     key = next(k for k in sd if k.startswith('backbone.'))
@@ -152,7 +155,7 @@ def history_buffer_method(*args: Any) -> _Reduce:
 
 def plant(real: Path, path: Path, **meta: Any) -> Path:
     """``real`` (a checkpoint written by the tools) re-saved with ``meta`` entries added."""
-    from pvt_mm.checkpoint import read_checkpoint
+    from pvt_mm.loading.checkpoint import read_checkpoint
     checkpoint = read_checkpoint(real)
     checkpoint['meta'].update(meta)
     torch.save(checkpoint, path)
@@ -177,3 +180,156 @@ def flip_inside_a_tensor_record(src: Path, dst: Path) -> str:
         f.seek(where)
         f.write(bytes([byte ^ 0x10]))
     return info.filename
+
+
+# ---- round 3 (issue 30): bombs, declared sizes, legacy pickles -------------------------------
+def capped(args: list, timeout: float = 300, memory: int = 4 << 30) -> Any:
+    """``python *args`` in the repository root (``tests/`` importable) with a time cap and an
+    address-space cap (``RLIMIT_AS``); the ``subprocess.CompletedProcess``."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / 'tests')]))
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          cwd=root, timeout=timeout, preexec_fn=limit, env=env)
+
+
+def zip_bomb(src: Path, dst: Path, copies: int, record_mib: int = 64) -> Path:
+    """``src`` (a torch zip checkpoint) plus one deflated record of ``record_mib`` MiB of zeros
+    whose central-directory entry is listed ``copies`` times (the overlapped-entries bomb:
+    each listing decompresses the whole record again)."""
+    import struct
+    import zipfile
+    zeros = bytes(1 << 20)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w') as out:
+        prefix = zin.namelist()[0].split('/')[0]
+        for info in zin.infolist():
+            out.writestr(info, zin.read(info.filename))
+        bomb = zipfile.ZipInfo(f'{prefix}/bomb')
+        bomb.compress_type = zipfile.ZIP_DEFLATED
+        with out.open(bomb, 'w') as w:
+            for _ in range(record_mib):
+                w.write(zeros)
+    data = dst.read_bytes()
+    end = data.rindex(b'PK\x05\x06')
+    count, cd_size, cd_offset = struct.unpack('<10xHII2x', data[end:end + 22])
+    directory = data[cd_offset:cd_offset + cd_size]
+    last = directory.rindex(b'PK\x01\x02')
+    entries = directory + directory[last:] * (copies - 1)
+    eocd = struct.pack('<4sHHHHIIH', b'PK\x05\x06', 0, 0, count + copies - 1,
+                       count + copies - 1, len(entries), cd_offset, 0)
+    dst.write_bytes(data[:cd_offset] + entries + eocd)
+    return dst
+
+
+class _Storage:
+    """Stands for a storage in :func:`legacy_pickle` (its persistent id)."""
+
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+
+
+def legacy_pickle(path: Path, numel: int = 4, declared: int | None = None,
+                  keys: list[str] | None = None) -> Path:
+    """A legacy (non-zip) torch pickle of one float tensor of ``numel`` values, whose storage
+    is declared with ``declared`` elements (default ``numel``) and whose storage-key list is
+    ``keys`` (default ``['0']``, the storage's key; ``[]``: its bytes are missing)."""
+    import io
+    import pickle
+    import sys
+    from collections import OrderedDict
+
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _Storage):
+                return ('storage', torch.FloatStorage, '0', 'cpu', obj.numel, None)
+            return None
+
+    storage = _Storage(numel if declared is None else declared)
+    tensor = _Reduce(torch._utils._rebuild_tensor_v2,
+                     (storage, 0, (numel,), (1,), False, OrderedDict()))
+    out = io.BytesIO()
+    for header in (MAGIC_NUMBER, PROTOCOL_VERSION,
+                   dict(protocol_version=PROTOCOL_VERSION, little_endian=sys.byteorder ==
+                        'little', type_sizes=dict(short=2, int=4, long=4))):
+        pickle.dump(header, out, protocol=2)
+    Pickler(out, protocol=2).dump({'w': tensor})
+    keys = ['0'] if keys is None else keys
+    pickle.dump(keys, out, protocol=2)
+    for _ in keys:
+        out.write(numel.to_bytes(8, 'little') + torch.arange(float(numel)).numpy().tobytes())
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def numpy_dtype(name: str, align: Any = False, copy: Any = True, order: str = '<') -> _Reduce:
+    """A numpy dtype record with explicit constructor arguments (numpy <= 1.18 wrote 0 / 1)."""
+    import numpy as np
+    return _Reduce(np.dtype, (name, align, copy), (3, order, None, None, None, -1, -1, 0))
+
+
+def numpy_array(dtype: _Reduce, shape: tuple, data: bytes) -> _Reduce:
+    """An ndarray record (``_reconstruct`` + BUILD) with the given dtype record and bytes."""
+    import numpy as np
+    multiarray = (getattr(np, '_core', None) or np.core).multiarray
+    return _Reduce(multiarray._reconstruct, (np.ndarray, (0,), b'b'),
+                   (1, shape, dtype, False, data))
+
+
+# ---- deployed models and images (issue 30) ---------------------------------------------------
+DEPLOY_META = {'task': 'det', 'classes': ['a', 'b'], 'palette': [[1, 2, 3], [4, 5, 6]],
+               'test_resize': {'scale': [64, 64], 'keep_ratio': True}}
+
+
+def onnx_model(path: Path, meta: object = DEPLOY_META, domain: str = '',
+               external: str | None = None) -> Path:
+    """A one-node graph (Identity, or a ``domain`` custom op) with ``meta`` as its
+    ``pvt_mm.deploy`` metadata (a str is stored as it is) and, with ``external``, one
+    initializer whose data is said to live in that file."""
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info('input', TensorProto.FLOAT, [1, 3, 'h', 'w'])
+    y = helper.make_tensor_value_info('out', TensorProto.FLOAT, [1, 3, 'h', 'w'])
+    node = helper.make_node('Custom' if domain else 'Identity', ['input'], ['out'],
+                            domain=domain)
+    inits = []
+    if external:
+        w = helper.make_tensor('w', TensorProto.FLOAT, [1], [0.0])
+        w.ClearField('float_data')
+        w.data_location = TensorProto.EXTERNAL
+        entry = w.external_data.add()
+        entry.key, entry.value = 'location', external
+        inits.append(w)
+    opsets = [helper.make_opsetid('', 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(helper.make_graph([node], 'g', [x], [y], inits),
+                              opset_imports=opsets)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = 'pvt_mm.deploy', meta if isinstance(meta, str) else json.dumps(meta)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+
+def png(path: Path, width: int, height: int, pixels: bool = True) -> Path:
+    """An RGB PNG of zeros (streamed: a 16000 x 16000 image is ~750 KB); ``pixels=False``
+    writes the header only."""
+    out = [b'\x89PNG\r\n\x1a\n', _chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2,
+                                                             0, 0, 0))]
+    if pixels:
+        packer, row = zlib.compressobj(6), bytes(1 + 3 * width)
+        out.append(_chunk(b'IDAT', b''.join(packer.compress(row) for _ in range(height))
+                          + packer.flush()))
+    out.append(_chunk(b'IEND', b''))
+    path.write_bytes(b''.join(out))
+    return path
+
+

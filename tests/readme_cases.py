@@ -1,10 +1,12 @@
-"""How tests/test_readme.py runs each command and snippet of README.md: THE list of
+"""How tests/test_readme.py runs each command and snippet of README.md and of the docs pages
+(its ``PAGES``): THE list of
 substitutions (smoke sizes, placeholders, a tiny checkpoint) and of commands that need what a
 test cannot have (COCO, ImageNet, a GPU, a download, ``make``).
 
 Every ```bash command (continuation lines joined, as the shell does) and every ```python block
-of README.md must have an entry here, keyed by its exact text: a README command without one
-fails the test, so a new command cannot be added untested. An entry is
+of those pages must have an entry here, keyed by its exact text (a command on two pages runs
+once, where it first appears): a command without one fails the test, so a new command cannot
+be added untested. An entry is
 
 * ``run(*subs)``: run it after the substitutions (each ``(old, new)``, applied in order to the
   text, on top of :data:`COMMON`); it must exit 0;
@@ -73,15 +75,33 @@ EXPORT_B2 = '.venv/bin/python tools/export_onnx.py --arch b2 --out work_dirs/onn
 EXPORT_E2E = ('.venv/bin/python tools/export_onnx.py --config '
               'configs/demo/atss_pvtv2-b0_fpn_demo.py --out work_dirs/onnx/atss.onnx --end2end')
 
+OWN_DET = ('.venv/bin/python tools/swap_backbone.py mmdet::retinanet/retinanet_r50_fpn_1x_coco.py '
+           '--arch b0 --data data/demo/coco --out work_dirs/mine/retinanet_b0_mine.py')
+OWN_TRAIN = '.venv/bin/python tools/train.py work_dirs/mine/retinanet_b0_mine.py'
+
 CASES: dict[str, Case] = {
     # ---- Quick start -------------------------------------------------------------------------
     'make demo': not_run('installs the stack if needed and trains for ~10 minutes; the demo '
                          'pipeline and its plan are tested in tests/test_tools.py and '
-                         'tests/test_newcomer.py'),
+                         'tests/test_demo_plan.py'),
     'make test': not_run('the test suite itself'),
+    'make install': not_run('installs the stack: .ci/run runs it on every submission'),
+    # ---- docs/install.md: the fork stack (tests/test_install.py installs the same pins into
+    # a folder of its own and runs tests/fork_smoke.py on them) ---------------------------------
+    'python -m pip install onedl-mmengine==0.10.12': not_run(
+        'installs the maintained forks into your environment; tested by test_install.py'),
+    'MMCV_WITH_OPS=1 python -m pip install --no-build-isolation onedl-mmcv==2.3.6': not_run(
+        'compiles onedl-mmcv (~8 min); tested with the prebuilt wheel by test_install.py'),
+    'python -m pip install --no-build-isolation onedl-mmdetection==3.5.1 '
+    'onedl-mmsegmentation==1.4.2': not_run('installs the forks; tested by test_install.py'),
+    'python -m pip install -e .': not_run('installs pvt_mm into your environment (make install '
+                                          'runs the same editable install)'),
+    # ---- docs/fast_path.md, docs/backbones.md ------------------------------------------------
+    "# a variant of the attention: subclass, override the reference method, assign": run(),
+    '# a backbone from Python: build, forward, read the stage maps': run(),
     # ---- Using the backbones (a config fragment: must at least be valid Python) -------------
     "custom_imports = dict(imports=['pvt_mm'], allow_failed_imports=False)": run(),
-    # ---- Pretrained weights -----------------------------------------------------------------
+    # ---- docs/weights.md -----------------------------------------------------------------------
     '.venv/bin/python tools/convert_checkpoint.py pvt_small.pth '
     'work_dirs/checkpoints/pvt_small_pvtmm.pth --arch small': run(),
     CONVERT_B2: run(),
@@ -90,10 +110,10 @@ CASES: dict[str, Case] = {
     'work_dirs/checkpoints/pvt_v2_b2_back.safetensors --arch b2': run(),  # after TO_HF
     '.venv/bin/python tools/publish_model.py work_dirs/demo/det/final.pth '
     'work_dirs/atss_pvtv2-b0_demo.pth': run(('work_dirs/demo/det/final.pth', CKPT)),
-    # ---- The built-in demo ------------------------------------------------------------------
+    # ---- docs/demo.md --------------------------------------------------------------------------
     '.venv/bin/python tools/make_demo_data.py [--out data/demo]':
         run(('[--out data/demo]', f'--out data/demo {SMALL_DATA}')),
-    # ---- Pictures ---------------------------------------------------------------------------
+    # ---- docs/pictures.md ----------------------------------------------------------------------
     '.venv/bin/python tools/infer.py IMAGE_OR_DIR CONFIG CHECKPOINT --out-dir DIR '
     '[--score-thr 0.3]':
         run(('IMAGE_OR_DIR CONFIG CHECKPOINT', f'{IMAGE} {DEMO_DET} {CKPT}'),
@@ -112,7 +132,7 @@ CASES: dict[str, Case] = {
     'configs/demo/atss_pvtv2-b0_fpn_demo.py --checkpoint work_dirs/demo/det/final.pth --size '
     '256 --point 17 58 --out-dir work_dirs/demo/backbone_maps':
         run(('work_dirs/demo/det/final.pth', CKPT)),
-    # ---- Data preparation (the COCO configs: no COCO here) ----------------------------------
+    # ---- Data preparation (README, docs/training.md; the COCO configs: no COCO here) ----------
     'export PVT_MM_DATA_ROOT=/mnt/datasets': run(),
     '.venv/bin/python tools/train.py configs/retinanet_pvt_s_fpn_1x_coco.py':
         error('/mnt/datasets/coco/annotations/instances_train2017.json does not exist'),
@@ -122,7 +142,19 @@ CASES: dict[str, Case] = {
     'val_evaluator.ann_file=/mnt/coco/annotations/instances_val2017.json '
     'test_evaluator.ann_file=/mnt/coco/annotations/instances_val2017.json':
         error('/mnt/coco/annotations/instances_train2017.json does not exist'),
-    # ---- Training and testing ---------------------------------------------------------------
+    # ---- Own data (README, docs/own_data.md; the small demo data, no pretrained file) ---------
+    OWN_DET: run(('--out', '--checkpoint none --out')),
+    '.venv/bin/python tools/swap_backbone.py mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
+    ' --arch b0 --data data/demo/ade --classes background circle square triangle star ring '
+    '--out work_dirs/mine/upernet_b0_mine.py': run(('--out', '--checkpoint none --out')),
+    OWN_TRAIN: run(('_mine.py', '_mine.py --cfg-options train_cfg.max_epochs=1 '
+                    'train_cfg.val_interval=2 train_dataloader.batch_size=8'),
+                   timeout=300, needs=OWN_DET),
+    '.venv/bin/python tools/test.py work_dirs/mine/retinanet_b0_mine.py '
+    'work_dirs/retinanet_b0_mine/epoch_12.pth':
+        run(('epoch_12.pth', 'epoch_1.pth --cfg-options model.test_cfg.score_thr=0.5'),
+            timeout=300, needs=OWN_TRAIN),
+    # ---- docs/training.md ----------------------------------------------------------------------
     '.venv/bin/python tools/train.py configs/retinanet_pvt_s_fpn_1x_coco.py [--work-dir DIR] '
     '[--resume [CKPT]] [--amp] [--cfg-options key=value ...] [--launcher pytorch]':
         error(COCO_MISSING, ('[--work-dir DIR] [--resume [CKPT]] [--amp] '
@@ -140,16 +172,16 @@ CASES: dict[str, Case] = {
         error(COCO_MISSING, ('CONFIG CHECKPOINT 8 [test.py arguments]',
                              f'configs/retinanet_pvt_s_fpn_1x_coco.py {CKPT} 1 '
                              '--work-dir out/dist')),
-    # ---- Swapping ---------------------------------------------------------------------------
+    # ---- Swapping (README, docs/configs_and_swap.md) -------------------------------------------
     '.venv/bin/python tools/swap_backbone.py mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py '
     '--arch b2 --out configs/faster-rcnn_pvt_v2_b2_fpn_1x_coco.py': run(),
-    # ---- Classification with timm (the official file: random weights in its layout) --------
+    # ---- docs/backbones.md: classification with timm (the official file, random weights) ----
     'import timm, pvt_mm': run(),
     '.venv/bin/python tools/eval_imagenet.py /data/imagenet/val --model pvt_v1_small '
     '--checkpoint pvt_small.pth [--batch-size 64] [--workers 2]':
         error(r'/data/imagenet/val', ('[--batch-size 64] [--workers 2]',
                                       '--batch-size 64 --workers 2')),
-    # ---- FLOPs and benchmarks ---------------------------------------------------------------
+    # ---- docs/benchmarks.md ---------------------------------------------------------------------
     '.venv/bin/python tools/get_flops.py --arch b2': run(),
     '.venv/bin/python tools/get_flops.py --config configs/retinanet_pvt_s_fpn_1x_coco.py '
     '--shape 800 1333': run(),
@@ -164,17 +196,20 @@ CASES: dict[str, Case] = {
     '--shape 512 --batch-size 2 --mode train --with-cp':
         run(('--mode train', '--mode train --runs 1 --warmup 0 --memory-modes'),
             ('--batch-size 2', '--batch-size 1'), ('retinanet_pvt_s_', 'retinanet_pvt_v2_b0_')),
-    # ---- Deployment -------------------------------------------------------------------------
+    # ---- Deployment (README, docs/deployment.md) -----------------------------------------------
     EXPORT_E2E: run(),  # the whole detector, random weights (the tool says so)
     '.venv/bin/python tools/make_demo_data.py': run(('make_demo_data.py', 'make_demo_data.py '
                                                      f'{SMALL_DATA}')),
     '.venv/bin/python tools/infer.py data/demo/coco/val work_dirs/onnx/atss.onnx --runtime '
-    'openvino --out-dir work_dirs/atss_vis': run(),
+    'openvino --out-dir work_dirs/atss_vis': run(needs=EXPORT_E2E),
     '.venv/bin/python tools/test.py configs/demo/atss_pvtv2-b0_fpn_demo.py '
-    'work_dirs/onnx/atss.onnx --runtime onnxruntime': run(),
+    'work_dirs/onnx/atss.onnx --runtime onnxruntime': run(needs=EXPORT_E2E),
     '.venv/bin/python tools/export_onnx.py --config configs/demo/fpn_pvtv2-b0_demo-seg.py '
     '--out work_dirs/onnx/seg.onnx --end2end': run(),
-    'from pvt_mm.deploy.predictor import load_predictor': run(needs=EXPORT_E2E),
+    'from pvt_mm_runtime import load_predictor   # numpy, OpenCV and a runtime: no PyTorch':
+        run(needs=EXPORT_E2E),
+    '# the end-to-end graph from plain ONNX Runtime, as the predictor runs it':
+        run(needs=EXPORT_E2E),  # also run on a model with detections: test_deploy_e2e
     EXPORT_B2: run(('--out work_dirs/onnx/pvt_v2_b2.onnx',
                     '--out work_dirs/onnx/pvt_v2_b2.onnx --shape 64')),
     '.venv/bin/python tools/export_onnx.py --config configs/demo/atss_pvtv2-b0_fpn_demo.py '

@@ -7,6 +7,8 @@ from helpers import build, random_loss
 
 from pvt_mm.models.backbones import ARCHS, PVT, PVTv2
 
+pytestmark = pytest.mark.fast  # `pytest -m fast`: the model-code subset
+
 V1, V2 = 'tiny', 'b0'
 
 
@@ -137,17 +139,12 @@ def test_frozen_stages_none_and_bounds():
 def test_sdpa_and_explicit_attention_agree(arch):
     """F.scaled_dot_product_attention vs the explicit softmax path (the CPU inference fast
     path is switched off here; tests/test_fast_path.py compares it with the reference)."""
-    from pvt_mm.models.layers.fused import set_fused_kernels
-    model = build(arch, drop_path_rate=0.).eval()
+    model = build(arch, drop_path_rate=0., fast_kernels=False).eval()
     x = torch.randn(2, 3, 96, 130)
-    set_fused_kernels(False)
-    try:
-        with torch.no_grad():
-            fast = model(x)
-            model.attn_mode = 'explicit'
-            ref = model(x)
-    finally:
-        set_fused_kernels(True)
+    with torch.no_grad():
+        fast = model(x)
+        model.attn_mode = 'explicit'
+        ref = model(x)
     assert model.attn_mode == 'explicit'
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='attn_mode'):

@@ -1,20 +1,22 @@
-"""Every bad input of the README table "Bad input and what you see": one row each, with the
-error type and the message the user gets (each row fails if its check is removed: the
-fallback errors are other types or messages). Rows are raised at construction, config build
-or the top of ``forward``, before any data is loaded."""
+"""Every bad input of the table "Bad input and what you see" (docs/errors.md): one row
+each, with the error type and the message the user gets (each row fails if its check is
+removed: the fallback errors are other types or messages). Rows are raised at construction,
+config build or the top of ``forward``, before any data is loaded."""
 from __future__ import annotations
 
 import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import official_state_dict
-from payloads import flip_inside_a_tensor_record, forged_object_array
+from payloads import (flip_inside_a_tensor_record, forged_object_array, legacy_pickle,
+                      onnx_model, png, zip_bomb)
 
 from pvt_mm import CheckpointError
-from pvt_mm.checkpoint import read_checkpoint, write_checkpoint
+from pvt_mm.loading.checkpoint import read_checkpoint, write_checkpoint
 from pvt_mm.engine import cli
 from pvt_mm.engine.checkpoint_io import check_model_checkpoint
 from pvt_mm.engine.config_check import check_model_config
@@ -22,10 +24,14 @@ from pvt_mm.engine.runtime import load_config
 from pvt_mm.models.backbones import PVT, PVTv2
 from pvt_mm.visualization.inference import collect_images
 
+pytestmark = pytest.mark.fast  # `pytest -m fast`: the model-code subset
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tools'))
 ATSS = str(ROOT / 'configs' / 'demo' / 'atss_pvtv2-b0_fpn_demo.py')
 SEG = str(ROOT / 'configs' / 'demo' / 'fpn_pvtv2-b0_demo-seg.py')
-README_SECTION = '## Bad input and what you see'
+ERRORS_PAGE = ROOT / 'docs' / 'errors.md'  # the table of bad inputs (linked from the README)
+ERRORS_SECTION = '## Bad input and what you see'
 B0 = dict(arch='b0', drop_path_rate=0.)
 
 
@@ -104,6 +110,54 @@ def _checkpoint_of_another_model(tmp_path: Path) -> None:
 def _text_file_named_jpg(tmp_path: Path) -> None:
     (tmp_path / 'photo.jpg').write_text('not an image\n')
     collect_images(tmp_path / 'photo.jpg')
+
+
+def _zip_bomb(tmp_path: Path) -> None:
+    torch.save({'w': torch.ones(2)}, tmp_path / 'base.pth')
+    read_checkpoint(zip_bomb(tmp_path / 'base.pth', tmp_path / 'bomb.pth', 100, record_mib=1))
+
+
+def _meta_tensor_in_a_checkpoint(tmp_path: Path) -> None:
+    model = PVTv2(arch='b0')
+    sd = dict(model.state_dict(), **{'stages.0.norm.weight': torch.empty(32, device='meta')})
+    check_model_checkpoint(model, {'state_dict': sd}, 'ckpt.pth', strict=False)
+
+
+def _declared_sizes_beyond_the_file(tmp_path: Path) -> None:
+    read_checkpoint(legacy_pickle(tmp_path / 'old.pth', declared=1 << 38))
+
+
+def _legacy_storage_missing(tmp_path: Path) -> None:
+    read_checkpoint(legacy_pickle(tmp_path / 'old.pth', keys=[]))
+
+
+def _config_json(tmp_path: Path, text: str) -> None:
+    from pvt_mm.loading.hf_folder import arch_from_config, read_hf_config
+    (tmp_path / 'config.json').write_text(text)
+    arch_from_config(read_hf_config(tmp_path), 'hf/config.json')
+
+
+def _onnx(tmp_path: Path, **kwargs) -> None:
+    from pvt_mm_runtime import load_predictor
+    load_predictor(onnx_model(tmp_path / 'model.onnx', **kwargs))
+
+
+def _huge_image(tmp_path: Path) -> None:
+    from pvt_mm_runtime.checks import check_image_file
+    check_image_file(png(tmp_path / 'scan.png', 100000, 100000, pixels=False))
+
+
+def _out_dir_is_a_file(tmp_path: Path) -> None:
+    from pvt_mm_runtime.checks import check_out_dir
+    (tmp_path / 'out').write_text('')
+    check_out_dir(tmp_path / 'out')
+
+
+def _folder_with_unreadable_images(tmp_path: Path) -> None:
+    import infer  # tools/infer.py
+    png(tmp_path / 'a.png', 8, 8)
+    (tmp_path / 'b.jpg').write_text('not an image')
+    infer.check_inputs(str(tmp_path), str(tmp_path / 'out'))
 
 
 def _cfg(**options):
@@ -194,6 +248,31 @@ ROWS = [
      r'b1\.pth does not match the model \(ATSS, backbone PVTv2 \(b0\)\)'),
     ('text file named .jpg', _text_file_named_jpg, ValueError,
      r'photo\.jpg is not a readable image \(OpenCV knows no format'),
+    ('zip bomb: a compressed record listed many times', _zip_bomb, CheckpointError,
+     r"bomb\.pth is not a checkpoint torch\.save writes: 100 compressed record\(s\)"),
+    ('a meta / sparse / quantized tensor in a checkpoint', _meta_tensor_in_a_checkpoint,
+     CheckpointError, r'ckpt\.pth: stages\.0\.norm\.weight is a meta tensor'),
+    ('tensor sizes larger than the file', _declared_sizes_beyond_the_file, CheckpointError,
+     r'old\.pth is not a loadable PyTorch checkpoint \(a pickle of \d+ bytes\): it declares '
+     r'tensors of 1099511627776 bytes'),
+    ('legacy pickle whose storage is missing', _legacy_storage_missing, CheckpointError,
+     r"storage '0' of this legacy checkpoint has no data in the file"),
+    ('config.json: wrong types', lambda p: _config_json(
+        p, '{"model_type": "pvt_v2", "hidden_sizes": "abc"}'), CheckpointError,
+     r'hf/config\.json: hidden_sizes must list 4 integers in 1\.\.8192'),
+    ('config.json nested too deeply', lambda p: _config_json(p, '[' * 10 ** 5 + ']' * 10 ** 5),
+     CheckpointError, r'config\.json is not a PVT config\.json: its JSON is nested too deeply'),
+    ('.onnx metadata without task', lambda p: _onnx(p, meta={'classes': ['a']}), ValueError,
+     r'model\.onnx: its pvt_mm\.deploy metadata has task None'),
+    ('.onnx with a custom-op domain', lambda p: _onnx(p, domain='my.ops'), ValueError,
+     r"model\.onnx uses operators of the custom domain 'my\.ops'"),
+    ('image larger than 8192 x 8192', _huge_image, ValueError,
+     r'scan\.png is too large an image to decode \(its header: image size \(10000000000 '
+     r'pixels\)'),
+    ('--out-dir naming a file', _out_dir_is_a_file, ValueError,
+     r'--out-dir .*out exists and is not a folder'),
+    ('a folder with an unreadable image', _folder_with_unreadable_images, ValueError,
+     r'b\.jpg is not a readable image'),
     # ---- config (tools/train.py, tools/test.py) -------------------------------------------
     ('neck in_channels != backbone out_channels',
      _cfg(**{'model.neck.in_channels': [64, 128, 320, 512]}), ValueError,
@@ -237,10 +316,10 @@ def test_accepted_dtypes():
             assert model.to(dtype)(x.to(dtype))[-1].dtype == dtype
 
 
-def test_readme_table_has_every_row():
-    """The README's table lists the same number of bad inputs as ROWS."""
-    text = (ROOT / 'README.md').read_text()
-    assert README_SECTION in text
-    section = text.split(README_SECTION, 1)[1].split('\n## ', 1)[0]
+def test_errors_page_table_has_every_row():
+    """docs/errors.md's table lists the same number of bad inputs as ROWS."""
+    text = ERRORS_PAGE.read_text()
+    assert ERRORS_SECTION in text
+    section = text.split(ERRORS_SECTION, 1)[1].split('\n## ', 1)[0]
     rows = [ln for ln in section.splitlines() if re.match(r'\|\s*[^-\s|]', ln)][1:]  # no header
     assert len(rows) == len(ROWS), (len(rows), len(ROWS))

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from pvt_mm.analysis.benchmark import Result, backbone_candidates
-from pvt_mm.analysis.models import load_config, swap_backbone
+from pvt_mm.analysis.models import with_backbone_impl
 from pvt_mm.analysis.report import ratio_lines, write_markdown
+from pvt_mm.engine.runtime import read_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -97,19 +98,19 @@ def test_candidates_and_ratio_wording() -> None:
 
 
 def test_backbone_swap_between_implementations() -> None:
-    ours = load_config(ROOT / 'configs' / 'retinanet_pvt_s_fpn_1x_coco.py')
-    theirs = swap_backbone(ours, 'mmdet')
+    ours = read_model_config(ROOT / 'configs' / 'retinanet_pvt_s_fpn_1x_coco.py')
+    theirs = with_backbone_impl(ours, 'mmdet')
     assert theirs.model.backbone == dict(
         type='PyramidVisionTransformer', embed_dims=64, num_layers=[3, 4, 6, 3],
         num_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1], mlp_ratios=[8, 8, 4, 4],
         out_indices=(0, 1, 2, 3), drop_path_rate=0.1)  # pretrained init dropped
-    back = swap_backbone(theirs, 'pvt_mm').model.backbone
+    back = with_backbone_impl(theirs, 'pvt_mm').model.backbone
     assert (back.type, back.arch) == ('PVT', 'small')
-    seg = swap_backbone(load_config(ROOT / 'configs' / 'fpn_pvt_v2_b0_512x512_40k_ade20k.py'),
-                        'mmdet').model.backbone  # an mmseg model names mmdet's registry
+    seg_cfg = read_model_config(ROOT / 'configs' / 'fpn_pvt_v2_b0_512x512_40k_ade20k.py')
+    seg = with_backbone_impl(seg_cfg, 'mmdet').model.backbone  # mmseg: names mmdet's registry
     assert (seg.type, seg.embed_dims) == ('mmdet.PyramidVisionTransformerV2', 32)
-    li = load_config(ROOT / 'configs' / 'retinanet_pvt_v2_b2_li_fpn_1x_coco.py')
-    assert swap_backbone(li, 'mmdet') is None  # mmdet has no PVTv2-li
+    li = read_model_config(ROOT / 'configs' / 'retinanet_pvt_v2_b2_li_fpn_1x_coco.py')
+    assert with_backbone_impl(li, 'mmdet') is None  # mmdet has no PVTv2-li
 
 
 def test_markdown_section_is_replaced_in_place(tmp_path: Path) -> None:

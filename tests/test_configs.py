@@ -58,7 +58,7 @@ def parameter_count(family: str, token: str) -> int:
     cfg = load(family, token)
     model = build_on_meta(cfg)
     backbone, arch = model.backbone, TOKENS[token]
-    assert type(backbone).__name__ == ('PVT' if ARCHS[arch].version == 1 else 'PVTv2')
+    assert type(backbone).__name__ == ARCHS[arch].backbone_type
     assert backbone.arch == ARCHS[arch]
     assert list(model.neck.in_channels) == list(backbone.out_channels)
     return count_parameters(model)
@@ -86,7 +86,7 @@ def test_parameter_count_matches_paper(family, token):
 
 
 @pytest.mark.parametrize('family,token', CASES, ids=[f'{f}-{t}' for f, t in CASES])
-def test_official_recipe(family, token):
+def test_family_config_keeps_the_official_recipe(family, token):
     cfg = load(family, token)
     arch = TOKENS[token]
     backbone = cfg.model.backbone

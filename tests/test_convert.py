@@ -1,7 +1,10 @@
-"""Checkpoint conversion and pretrained loading: all layouts, strictness, safety."""
+"""Checkpoint conversion and pretrained loading: all layouts, strictness, safety, and the
+files written (``.pth`` and ``.safetensors`` alike)."""
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +14,11 @@ import torch
 from helpers import build, official_state_dict
 from mmdet.models.backbones.pvt import pvt_convert
 
-from pvt_mm.checkpoint import read_checkpoint, resolve_checkpoint
+from pvt_mm.loading.checkpoint import read_checkpoint, resolve_checkpoint, write_checkpoint
 from pvt_mm.models.backbones.pretrained import load_pretrained
-from pvt_mm.convert import CheckpointError, convert_pvt_checkpoint
+from pvt_mm.loading.convert import CheckpointError, convert_pvt_checkpoint
+
+pytestmark = pytest.mark.fast  # `pytest -m fast`: the model-code subset
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS_UNDER_TEST = ['tiny', 'b0', 'b2_li']
@@ -200,3 +205,12 @@ def test_convert_tool(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'convert_checkpoint.py'),
                            str(src), str(dst), '--arch', 'b0'], capture_output=True, text=True)
     assert proc.returncode != 0 and 'does not match PVTv2' in proc.stderr
+
+
+def test_safetensors_written_with_the_same_mode_as_pth(tmp_path):
+    state = {'w': torch.zeros(2)}
+    modes = {suffix: stat.S_IMODE(write_checkpoint(state, tmp_path / f'x{suffix}').stat().st_mode)
+             for suffix in ('.pth', '.safetensors')}
+    umask = os.umask(0o22)
+    os.umask(umask)
+    assert modes['.safetensors'] == modes['.pth'] == 0o666 & ~umask

@@ -145,10 +145,8 @@ def test_deformable_attention_op_matches_mmcv():
 
 def test_unsupported_variants_are_refused(workdir):
     """One-line ValueErrors for a detector or head the graph does not reproduce and for a
-    max_per_img above the candidates; the patched mmcv / mmdet functions are restored after
-    a forward."""
-    import mmcv.ops.multi_scale_deform_attn as msda
-    from mmdet.models.detectors import DETR, DeformableDETR
+    max_per_img above the candidates."""
+    from mmdet.models.detectors import DETR
     from pvt_mm.deploy.end2end import wrap_end2end
     model, _, _, _ = exported('detr', workdir)
     original = model.__class__
@@ -168,10 +166,34 @@ def test_unsupported_variants_are_refused(workdir):
             wrap_end2end(model, 'det')
     finally:
         model.bbox_head.test_cfg['max_per_img'] = 40
+
+
+def test_traceable_patches_compute_what_mmcv_and_mmdet_compute(workdir):
+    """The exporter's patches (:func:`pvt_mm.deploy.common.traceable`: deformable attention,
+    encoder reference points, two-stage proposals with run-time sizes) give the eager forward's
+    detections at a padded size, and mmcv's / mmdet's functions are back afterwards."""
+    import mmcv.ops.multi_scale_deform_attn as msda
+    from mmcv.ops import MultiScaleDeformableAttention
+    from mmdet.models.detectors import DeformableDETR
+    from mmdet.models.layers import DeformableDetrTransformerEncoder
+    from pvt_mm.deploy.common import traceable
+    from pvt_mm.deploy.end2end import wrap_end2end
     deformable, _, _, _ = exported('deformable', workdir)
-    before = (msda.multi_scale_deformable_attn_pytorch,
-              DeformableDETR.__dict__['gen_encoder_output_proposals'])
+    wrapped = wrap_end2end(deformable, 'det')
+
+    def originals():
+        return (msda.multi_scale_deformable_attn_pytorch,
+                MultiScaleDeformableAttention.__dict__['forward'],
+                DeformableDetrTransformerEncoder.__dict__['get_encoder_reference_points'],
+                DeformableDETR.__dict__['gen_encoder_output_proposals'])
+
+    before = originals()
+    x = torch.from_numpy(_image(77, 64, 1).transpose(2, 0, 1).copy())[None].float()
     with torch.no_grad():
-        wrap_end2end(deformable, 'det')(torch.rand(1, 3, 64, 64) * 255)
-    assert (msda.multi_scale_deformable_attn_pytorch,
-            DeformableDETR.__dict__['gen_encoder_output_proposals']) == before
+        ref = wrapped(x)
+        with traceable(wrapped):
+            assert originals()[1] is not before[1]
+            out = wrapped(x)
+    assert originals() == before
+    for a, b in zip(ref, out):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), (a, b)

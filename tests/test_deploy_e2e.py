@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import runpy
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +84,11 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp('e2e')
 
 
-def export_random(config: str, workdir: Path, stem: str, prepare=None, cli: bool = False):
+def export_random(config: str, workdir: Path, stem: str, prepare=None, cli: bool = False,
+                  exporter: str = 'torchscript'):
     """(eval model, .onnx path, checkpoint, config): the config's model with seed-0 random
     weights, then ``prepare(model)``, saved as a whole checkpoint and exported end to end at
-    TRACE (through tools/export_onnx.py with ``cli``)."""
+    TRACE on ``exporter`` (through tools/export_onnx.py with ``cli``)."""
     torch.manual_seed(0)
     model, _ = build_model(config)
     if prepare is not None:
@@ -99,9 +99,9 @@ def export_random(config: str, workdir: Path, stem: str, prepare=None, cli: bool
     if cli:
         runpy.run_path(str(ROOT / 'tools/export_onnx.py'))['main'](
             ['--config', config, '--checkpoint', str(ckpt), '--out', str(path),
-             '--shape', *map(str, TRACE), '--end2end'])
+             '--shape', *map(str, TRACE), '--end2end', '--exporter', exporter])
     else:
-        export_end2end(config, path, str(ckpt), shape=TRACE)
+        export_end2end(config, path, str(ckpt), shape=TRACE, exporter=exporter)
     return model.eval(), path, ckpt, config
 
 
@@ -247,23 +247,54 @@ def test_metadata_round_trip_and_predictor_rescales(workdir):
     assert detection_parity(ref, out) >= MIN_MATCHED
 
 
-def test_predictor_runs_without_torch(workdir):
-    """The predictor and the runtime wrapper import no PyTorch and read no config."""
+@pytest.mark.parametrize('runtime', ['onnxruntime', 'openvino'])
+def test_predictor_in_an_environment_without_torch(runtime, workdir, tmp_path):
+    """``pvt_mm_runtime`` in a fresh venv holding numpy, OpenCV and one runtime only (no torch,
+    mmengine, mmcv, mmdet, mmseg, onnx, pvt_mm): it imports, reads the metadata, resizes and
+    gives the detections of the predictor run here. Prints import time and peak RSS."""
+    from deploy_env import ABSENT, PREDICT, clean_env, make_env
     _, path, _, _ = exported('atss', workdir)
-    code = f"""
-import importlib, sys, types
-import cv2, numpy as np
-sys.modules['torch'] = None  # any torch import fails
-pkg = types.ModuleType('deploy_rt'); pkg.__path__ = [{str(ROOT / 'pvt_mm/deploy')!r}]
-sys.modules['deploy_rt'] = pkg
-predictor = importlib.import_module('deploy_rt.predictor').load_predictor({str(path)!r})
-result = predictor(np.full((90, 120, 3), 128, np.uint8))
-print(type(result).__name__, result.bboxes.shape[1], predictor.classes[0])
-"""
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ['DetResult', '4', 'circle']
+    python = make_env(tmp_path / 'env', runtime)
+    image = _image(100, 150, 3)  # resized by the predictor (test_resize 128, keep ratio)
+    np.save(tmp_path / 'image.npy', image)
+    proc = subprocess.run([str(python), '-c', PREDICT, str(path), runtime,
+                           str(tmp_path / 'image.npy'), str(tmp_path / 'out.npz'),
+                           ','.join(ABSENT)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=clean_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report['findable'] == [] and report['loaded'] == []
+    print(f"pvt_mm_runtime + {runtime} without torch: import {report['import_s']:.2f} s, "
+          f"peak RSS {report['peak_rss_mb']:.0f} MB")
+    ref = load_predictor(path, runtime)(image)
+    out = np.load(tmp_path / 'out.npz')
+    assert len(ref.scores) >= 20
+    assert np.array_equal(out['labels'], ref.labels)
+    assert np.allclose(out['bboxes'], ref.bboxes, atol=1e-4)
+    assert np.allclose(out['scores'], ref.scores, atol=1e-6)
+
+
+def test_plain_runtime_snippet_gives_the_predictors_detections(workdir, tmp_path):
+    """The docs' plain-ONNX-Runtime snippet (README.md or docs/deployment.md: metadata, test
+    resize, graph, boxes mapped back) on a model with dozens of detections and an image the
+    resize shrinks: the predictor's detections (the snippet asserts it; here it must also have
+    had detections to compare)."""
+    import re
+
+    import cv2
+    _, path, _, _ = exported('atss', workdir)
+    docs = [ROOT / 'README.md', ROOT / 'docs/deployment.md']
+    snippet, source = next((b, doc) for doc in docs if doc.exists()
+                           for b in re.findall(r'```python\n(.*?)```', doc.read_text(), re.S)
+                           if b.startswith('# the end-to-end graph from plain ONNX Runtime'))
+    image = tmp_path / 'image.png'
+    cv2.imwrite(str(image), _image(150, 100, 4))  # portrait, -> 128 x 85 in the pipeline
+    snippet = snippet.replace('work_dirs/onnx/atss.onnx', str(path)).replace(
+        'data/demo/coco/val/val_00000.jpg', str(image))
+    scope: dict = {}
+    exec(compile(snippet, source.name, 'exec'), scope)
+    assert scope['n'] >= 20 and (scope['new_h'], scope['new_w']) == (128, 85)
+    assert scope['boxes'][:, 3].max() > 128  # in the original 150 px high image
 
 
 def test_batch_above_one_is_refused(workdir):
@@ -372,46 +403,3 @@ def test_benchmark_end2end_rows(capsys):
         assert f'mask-rcnn_pvtv2-b0_fpn_demo @64x64 {route} |' in out
     assert 'outside the backbone' in out and 'load average' in out
     assert NMSop.__dict__['forward'] is forward  # mmcv's own again
-
-
-ALTSTACK_CHECK = r'''
-import ctypes, gc, signal, subprocess, sys
-import numpy as np, torch
-from pvt_mm.deploy.runtimes import RuntimeModel
-signal.signal(signal.SIGCHLD, lambda *a: None)  # a Python handler, as torch's DataLoader sets
-torch.onnx.export(torch.nn.Conv2d(3, 8, 3), torch.randn(1, 3, 16, 16), sys.argv[1], dynamo=False)
-x = np.random.rand(1, 3, 16, 16).astype(np.float32)
-first, second = RuntimeModel(sys.argv[1], 'openvino'), RuntimeModel(sys.argv[1], 'openvino')
-first(x), second(x)
-del first; gc.collect()
-del second; gc.collect()
-
-
-class Stack(ctypes.Structure):
-    _fields_ = [('sp', ctypes.c_void_p), ('flags', ctypes.c_int), ('size', ctypes.c_size_t)]
-
-
-stack = Stack()
-assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
-if not stack.flags & 2:  # SS_DISABLE: no alternate stack, nothing to check
-    lo, hi = stack.sp, stack.sp + stack.size
-    maps = [tuple(int(v, 16) for v in line.split()[0].split('-'))
-            for line in open('/proc/self/maps')]
-    assert any(a <= lo and hi <= b for a, b in maps), 'alternate signal stack is unmapped'
-for _ in range(10):  # signals handled on that stack
-    subprocess.run([sys.executable, '-S', '-c', 'pass'], check=True)
-print('ok')
-'''
-
-
-def test_openvino_models_leave_a_valid_signal_stack(tmp_path):
-    """OpenVINO's CPU plugin swaps the thread's alternate signal stack for one of its own and
-    unmaps it when released; two plugins released in creation order left it pointing at
-    unmapped memory, and the next signal (a child process exiting, with torch's DataLoader
-    SIGCHLD handler installed) corrupted the heap: the suite died with SIGSEGV in an unrelated
-    test. RuntimeModels share one Core (one plugin), so the stack stays valid. In a child
-    process (a failure is a crash, and the parent keeps no plugin of it)."""
-    proc = subprocess.run([sys.executable, '-c', ALTSTACK_CHECK, str(tmp_path / 'conv.onnx')],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), (
-        proc.returncode, proc.stderr[-2000:])

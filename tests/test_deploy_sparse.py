@@ -57,14 +57,19 @@ test_dataloader = val_dataloader
 """
 
 
+def write_config(folder: Path) -> str:
+    """The narrowed Sparse R-CNN config (module docstring), written into ``folder``."""
+    config = folder / 'sparse_rcnn.py'
+    config.write_text(CONFIG.format(base=SPARSE, classes=NUM_CLASSES, proposals=NUM_PROPOSALS,
+                                    max_per_img=MAX_PER_IMG))
+    return str(config)
+
+
 @pytest.fixture(scope='module')
 def sparse(tmp_path_factory):
     """(model, .onnx path, checkpoint, config), exported once at TRACE."""
     tmp = tmp_path_factory.mktemp('sparse')
-    config = tmp / 'sparse_rcnn.py'
-    config.write_text(CONFIG.format(base=SPARSE, classes=NUM_CLASSES, proposals=NUM_PROPOSALS,
-                                    max_per_img=MAX_PER_IMG))
-    return export_random(str(config), tmp, 'sparse_rcnn', _spread)
+    return export_random(write_config(tmp), tmp, 'sparse_rcnn', _spread)
 
 
 def _spread(model: torch.nn.Module) -> None:

@@ -19,7 +19,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from pvt_mm.checkpoint import read_checkpoint
+from pvt_mm.loading.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = 'configs/demo/atss_pvtv2-b0_fpn_demo.py'

@@ -7,14 +7,20 @@ import torch
 import torch.nn.functional as F
 from helpers import build
 
-import pvt_mm.models.layers.attention as attn_module
-import pvt_mm.models.layers.mlp as mlp_module
 import pvt_mm.models.backbones.pvt as pvt_module
+import pvt_mm.models.fast.attention as attn_module
+import pvt_mm.models.fast.bands as bands_module
+import pvt_mm.models.fast.runner as runner_module
 from pvt_mm.models.backbones import ARCHS
-from pvt_mm.models.layers import SpatialReductionAttention, native
-from pvt_mm.models.layers.exec_path import (REFERENCE, TRACED, ExecKind, ExecPath,
-                                            decide_exec_path)
-from pvt_mm.models.layers.fused import FUSED_AVAILABLE, OneDNNKernels
+from pvt_mm.models.fast import native
+from pvt_mm.models.fast.attention import fold_is_cheaper
+from pvt_mm.models.fast.exec_path import (REFERENCE, TRACED, ExecKind, ExecPath,
+                                          decide_exec_path)
+from pvt_mm.models.fast.fused import BF16_AVAILABLE, FUSED_AVAILABLE, OneDNNKernels
+from pvt_mm.models.fast.mlp import mlp_forward
+from pvt_mm.models.layers import Mlp, SpatialReductionAttention
+
+pytestmark = pytest.mark.fast  # `pytest -m fast`: the model-code subset
 
 FP32_TOL = 1e-4
 BF16_MIN_COSINE = 0.999  # per stage output, bf16 autocast vs fp32 reference (documented)
@@ -67,12 +73,12 @@ def test_row_bands_with_halo_match_whole_maps(arch, fold, kernel, monkeypatch):
     if kernel == 'chunks':
         monkeypatch.setattr(native, '_loaded', 'not built (test)')
     monkeypatch.setattr(attn_module, 'TILE_SCORE_BYTES', 1)
-    monkeypatch.setattr(SpatialReductionAttention, 'fold_is_cheaper', lambda self, m: fold)
+    monkeypatch.setattr(attn_module, 'fold_is_cheaper', lambda attn, m: fold)
     model = build(arch).eval()
     x = torch.randn(2, 3, 96, 136)
     ref = reference(model, x)
     for band_bytes in (1, 2 * 34 * 256 * 4 * 3):  # 1 row; 3 rows of stage 1 (B=2, W=34)
-        monkeypatch.setattr(mlp_module, 'INFER_BAND_BYTES', band_bytes)
+        monkeypatch.setattr(bands_module, 'INFER_BAND_BYTES', band_bytes)
         # and attention over chunks of 1 and of 100 queries
         monkeypatch.setattr(attn_module, 'INFER_SCORE_BYTES', 1 if band_bytes == 1 else 100 * 4)
         with torch.no_grad():
@@ -82,11 +88,11 @@ def test_row_bands_with_halo_match_whole_maps(arch, fold, kernel, monkeypatch):
 def test_fold_is_taken_where_it_costs_fewer_flops():
     """At 800x1333 (1025 keys after the spatial reduction, 49 for li) the fold is cheaper
     for one head and for li's 49 keys, dearer for PVT's multi-head stages."""
-    assert SpatialReductionAttention(64, 1, sr_ratio=8).fold_is_cheaper(1025)
-    assert not SpatialReductionAttention(128, 2, sr_ratio=4).fold_is_cheaper(1025)
-    assert not SpatialReductionAttention(512, 8, sr_ratio=1).fold_is_cheaper(1025)
+    assert fold_is_cheaper(SpatialReductionAttention(64, 1, sr_ratio=8), 1025)
+    assert not fold_is_cheaper(SpatialReductionAttention(128, 2, sr_ratio=4), 1025)
+    assert not fold_is_cheaper(SpatialReductionAttention(512, 8, sr_ratio=1), 1025)
     for dim, heads in ((64, 1), (128, 2), (320, 5), (512, 8)):
-        assert SpatialReductionAttention(dim, heads, linear=True).fold_is_cheaper(49)
+        assert fold_is_cheaper(SpatialReductionAttention(dim, heads, linear=True), 49)
 
 
 @pytest.mark.parametrize('arch', ['small', 'b2_li'])
@@ -144,7 +150,7 @@ def test_training_fast_path_matches_plain_gradients(arch, band_bytes, monkeypatc
     per MLP, one row per band, and several rows per band (3 rows of tiny's 34-wide stage 1 in
     the per-image backward)."""
     if band_bytes is not None:
-        monkeypatch.setattr(mlp_module, 'INFER_BAND_BYTES', band_bytes)
+        monkeypatch.setattr(bands_module, 'INFER_BAND_BYTES', band_bytes)
     model = build(arch, drop_path_rate=0.).train()
     x = torch.randn(2, 3, 96, 136)
     (fast, g_fast), (ref, g_ref) = (_train_grads(model, x, f) for f in (True, False))
@@ -167,7 +173,7 @@ def test_training_fast_path_li_gradients():
         cos = F.cosine_similarity(g_fast[name].flatten(), g_ref[name].flatten(), dim=0)
         assert cos >= 0.9999, name
 
-    mlp = mlp_module.Mlp(16, 64, dwconv=True, extra_relu=True)
+    mlp = Mlp(16, 64, dwconv=True, extra_relu=True)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in mlp.parameters():
@@ -175,10 +181,11 @@ def test_training_fast_path_li_gradients():
         mlp.fc1.bias += 1 / 16  # no pre-activation is exactly 0
     tokens = torch.randint(-4, 5, (2, 6 * 10, 16), generator=g) / 8
     results = []
-    for path in (ExecPath(ExecKind.ONEDNN_TRAIN, torch.float32), REFERENCE):
+    for fast in (True, False):
         mlp.zero_grad()
         t = tokens.clone().requires_grad_()
-        out = mlp(t, (6, 10), path)
+        out = (mlp_forward(mlp, t, (6, 10), ExecPath(ExecKind.ONEDNN_TRAIN, torch.float32))
+               if fast else mlp(t, (6, 10)))
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         results.append([out, t.grad] + [p.grad for p in mlp.parameters()])
     # GELU's derivative is not exact in fp32 and the bands sum it in another order: 3e-5
@@ -231,8 +238,9 @@ def test_exec_path_is_decided_from_device_dtype_autocast_grad_and_tracing():
     f32 = torch.float32
     with torch.no_grad():
         assert decide_exec_path(x, f32) == ExecPath(ExecKind.ONEDNN_INFER, f32)
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            assert decide_exec_path(x, f32) == ExecPath(ExecKind.ONEDNN_INFER, torch.bfloat16)
+        with torch.autocast('cpu', dtype=torch.bfloat16):  # where oneDNN has bf16 kernels
+            assert decide_exec_path(x, f32) == (
+                ExecPath(ExecKind.ONEDNN_INFER, torch.bfloat16) if BF16_AVAILABLE else REFERENCE)
         assert decide_exec_path(x, f32, fast_kernels=False) is REFERENCE
         assert decide_exec_path(x.double(), torch.float64) is REFERENCE
         assert decide_exec_path(x, torch.float64) is REFERENCE  # weights oneDNN cannot serve
@@ -247,22 +255,26 @@ def test_exec_path_is_decided_from_device_dtype_autocast_grad_and_tracing():
 
 
 def test_layers_follow_the_backbone_decision(monkeypatch):
-    """The path is decided once in the backbone's forward and every layer takes it: when the
+    """The path is decided once in the backbone's forward and every block takes it: when the
     backbone decides the reference path, no layer runs a fast path (even without autograd,
-    where each would pick the oneDNN path if it decided for itself)."""
+    where a stage called alone picks the oneDNN path for itself)."""
     model = build('b0').eval()
     x = torch.randn(1, 3, 64, 64)
     calls = []
-    decide = pvt_module.decide_exec_path
-    monkeypatch.setattr(pvt_module, 'decide_exec_path',
-                        lambda *a, **k: calls.append(decide(*a, **k)) or REFERENCE)
+    decide = pvt_module.decide_runner
+    monkeypatch.setattr(pvt_module, 'decide_runner', lambda *a, **k: calls.append(
+        decide(*a, **k)) or runner_module.Runner(REFERENCE))
 
     def fail(*args, **kwargs):
         raise AssertionError('a layer took a fast path the backbone did not choose')
-    monkeypatch.setattr(SpatialReductionAttention, '_forward_fast', fail)
-    monkeypatch.setattr(mlp_module.Mlp, '_forward_fast', fail)
+    monkeypatch.setattr(runner_module, 'attention_forward', fail)
+    monkeypatch.setattr(runner_module, 'mlp_forward', fail)
+    monkeypatch.setattr(runner_module, 'forward_native', fail)
     with torch.no_grad():
         model(x)
-    assert [c.kind for c in calls] == [ExecKind.ONEDNN_INFER]  # one decision per forward
+    assert [c.path.kind for c in calls] == [ExecKind.ONEDNN_INFER]  # one decision per forward
+    monkeypatch.setattr(pvt_module, 'decide_runner', decide)
     with torch.no_grad(), pytest.raises(AssertionError, match='fast path'):
-        model.stages[0].blocks[0](torch.randn(1, 256, 32), (16, 16))  # alone: decides itself
+        model.stages[0](x)  # alone: decides itself
+    with torch.no_grad():  # a block called alone is the reference computation
+        model.stages[0].blocks[0](torch.randn(1, 256, 32), (16, 16))

@@ -18,7 +18,11 @@ from torch import nn
 from pvt_mm.analysis.flops import (IMAGENET_SIZE, PUBLISHED_IMAGENET_GFLOPS, PUBLISHED_ROUNDING,
                                    backbone_complexity, config_complexity, count_complexity,
                                    imagenet_head_complexity, params_on_meta, stage_breakdown)
-from pvt_mm.analysis.models import arch_spec, build_backbone, build_peer_backbone, load_config
+from pvt_mm.analysis.models import arch_spec, build_peer_backbone
+from pvt_mm.engine.runtime import read_model_config
+from pvt_mm.models.backbones import build_pvt
+
+pytestmark = pytest.mark.fast  # `pytest -m fast`: the model-code subset
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.03  # the issue's "within 3%"
@@ -70,7 +74,7 @@ def test_imagenet_gflops_match_published(arch: str, monkeypatch: pytest.MonkeyPa
     assert low <= result.gflops <= high, (arch, result.gflops, (low, high))
     assert result.by_module['head'] == imagenet_head_complexity(arch)[0]
     with params_on_meta():  # the attention products are in the count, as published
-        model = build_backbone(arch).eval()
+        model = build_pvt(arch).eval()
     x = torch.empty(1, 3, *IMAGENET_SIZE, device='meta')
     backbone = result.flops - imagenet_head_complexity(arch)[0]
     assert (attention_products(model, x, backbone, monkeypatch)
@@ -83,7 +87,7 @@ def test_same_convention_as_official_counter(arch: str) -> None:
     the official attention formula, exactly; so are the parameters. (mmcv counts a ReLU only
     as an ``nn.ReLU`` module call: the reference path, counted here, calls li's module.)"""
     with params_on_meta():
-        model = build_backbone(arch).eval()
+        model = build_pvt(arch).eval()
     mmcv_flops, mmcv_params = get_model_complexity_info(
         model, (3, *IMAGENET_SIZE), print_per_layer_stat=False, as_strings=False)
     ours = count_complexity(model, torch.empty(1, 3, *IMAGENET_SIZE, device='meta'))
@@ -109,7 +113,7 @@ def test_attention_counted_in_every_attention_path(arch: str,
     """Real CPU tensors: the fused sdpa kernel and the explicit matmuls count the same, and
     so does the meta device; timm's independent PVTv2 (b0) gets the same total as ours."""
     x = torch.randn(1, 3, 64, 64)
-    model = build_backbone(arch).eval()
+    model = build_pvt(arch).eval()
     counts = {}
     for mode in ('sdpa', 'explicit'):
         model.attn_mode = mode
@@ -146,7 +150,7 @@ def test_stage_breakdown_sums_to_total() -> None:
 
 
 def test_config_counts_backbone_neck_and_head() -> None:
-    cfg = load_config(ROOT / 'configs' / 'retinanet_pvt_v2_b0_fpn_1x_coco.py')
+    cfg = read_model_config(ROOT / 'configs' / 'retinanet_pvt_v2_b0_fpn_1x_coco.py')
     result = config_complexity(cfg, (64, 64))
     parts = stage_breakdown(result, depth=1)
     assert set(parts) == {'backbone', 'neck', 'bbox_head'}

@@ -23,11 +23,11 @@ from transformers.initialization import no_init_weights
 from transformers.models.pvt import modeling_pvt
 from transformers.models.pvt_v2 import modeling_pvt_v2
 
-from pvt_mm.checkpoint import read_checkpoint
-from pvt_mm.convert import CheckpointError, convert_pvt_checkpoint
-from pvt_mm.convert_hf import classifier_parts, to_transformers
-from pvt_mm.hf_folder import folder_weights
-from pvt_mm.models.backbones import ARCHS, PVT, PVTv2
+from pvt_mm.loading.checkpoint import read_checkpoint
+from pvt_mm.loading.convert import CheckpointError, convert_pvt_checkpoint
+from pvt_mm.loading.convert_hf import classifier_parts, to_transformers
+from pvt_mm.loading.hf_folder import folder_weights
+from pvt_mm.models.backbones import ARCHS, build_pvt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools'))
@@ -113,8 +113,7 @@ def reference_maps(model: nn.Module, x: Tensor) -> tuple[Tensor, ...]:
 
 
 def _backbone(arch: str, checkpoint: str | Path) -> nn.Module:
-    cls = PVT if ARCHS[arch].version == 1 else PVTv2
-    model = cls(arch=arch, init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint)))
+    model = build_pvt(arch, init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint)))
     model.init_weights()
     return model.eval()
 

@@ -97,7 +97,7 @@ def test_interpolates_by_iteration():
     assert hook.rate_at(100) == pytest.approx(0.1)
 
 
-def test_clear_errors():
+def test_drop_path_warmup_refuses_models_and_loops_it_cannot_drive():
     hook = DropPathWarmupHook(milestones=[(0, 0.)])
     no_reset = nn.Module()
     no_reset.backbone = nn.Linear(2, 2)

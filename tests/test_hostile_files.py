@@ -21,8 +21,8 @@ import numpy as np
 from payloads import (OLD_ALLOW_LIST, flip_inside_a_tensor_record, forged_object_array,
                       history_buffer, history_buffer_method, plain_payload, plant,
                       run_options)
-from pvt_mm.checkpoint import read_checkpoint
-from pvt_mm.convert import CheckpointError
+from pvt_mm.loading.checkpoint import read_checkpoint
+from pvt_mm.loading.convert import CheckpointError
 from pvt_mm.demo import DemoDataSpec, make_demo_data
 from pvt_mm.demo.pipeline import DATA_ENV
 from pvt_mm.engine import cli  # module import: pytest would collect cli.test_main
@@ -206,7 +206,7 @@ def test_a_flipped_byte_in_a_tensor_record_is_caught(runs, tmp_path, monkeypatch
     with pytest.raises(CheckpointError, match='CRC-32') as err:
         read_checkpoint(path)
     assert str(path) in str(err.value) and record in str(err.value)
-    import pvt_mm.checkpoint as ckpt  # meta-check: without the CRC check it loads silently
+    import pvt_mm.loading.checkpoint as ckpt  # meta-check: without the CRC check it loads silently
     monkeypatch.setattr(ckpt, 'check_zip_records', lambda path: None)
     damaged, good = (read_checkpoint(p)['state_dict'] for p in (path, runs['det']))
     assert sum(not torch.equal(damaged[k], good[k]) for k in good) == 1
@@ -222,7 +222,7 @@ def test_a_flipped_byte_in_safetensors_is_caught(runs, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match='damaged') as err:
         read_checkpoint(path)
     assert str(path) in str(err.value)
-    import pvt_mm.checkpoint as ckpt  # meta-check: safetensors itself has no checksum
+    import pvt_mm.loading.checkpoint as ckpt  # meta-check: safetensors itself has no checksum
     monkeypatch.setattr(ckpt, 'check_safetensors_digest', lambda path: False)
     assert read_checkpoint(path)
 

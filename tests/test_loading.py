@@ -22,10 +22,9 @@ from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.registry import MODELS
 
 from payloads import run_options, state_dict_of
-from pvt_mm.checkpoint import _is_safetensors, read_checkpoint
-from pvt_mm.convert import CheckpointError, convert_pvt_checkpoint
-from pvt_mm.demo import DemoDataSpec, make_demo_data
-from pvt_mm.demo.pipeline import DATA_ENV
+from pvt_mm.loading.checkpoint import _is_safetensors, read_checkpoint
+from pvt_mm.loading.convert import CheckpointError, convert_pvt_checkpoint
+from pvt_mm.demo import DemoDataSpec
 from pvt_mm.engine import cli  # module import: pytest would collect cli.test_main
 from pvt_mm.engine import runtime
 from pvt_mm.engine.runtime import build_runner, check_cfg_options
@@ -35,15 +34,7 @@ sys.path.insert(0, str(ROOT / 'tools'))
 import convert_checkpoint  # noqa: E402  tools/convert_checkpoint.py
 
 ATSS = str(ROOT / 'configs/demo/atss_pvtv2-b0_fpn_demo.py')
-TINY = DemoDataSpec(num_train=4, num_val=2)
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory) -> Path:
-    root = make_demo_data(tmp_path_factory.mktemp('load_data'), TINY)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(DATA_ENV, str(root))
-        yield root
+TINY = DemoDataSpec(num_train=4, num_val=2)  # tiny_data's size (conftest.py)
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,4 @@
-"""The native attention tile kernel (pvt_mm/models/layers/csrc/tile_attention.cpp): built by
+"""The native attention tile kernel (pvt_mm/models/fast/csrc/tile_attention.cpp): built by
 ``make install``, numerically the attention it replaces, used by the inference fast path where
 it is built, and the oneDNN matmul chunks where it is not."""
 from __future__ import annotations
@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import build
+from helpers import build, require_native
 
-import pvt_mm.models.layers.attention as attn_module
-from pvt_mm.models.layers import native
-from pvt_mm.models.layers.attention import tiled_attention
+import pvt_mm.models.fast.attention as attn_module
+from pvt_mm.models.fast import native
+from pvt_mm.models.fast.attention import tiled_attention
+from pvt_mm.models.fast.fused import FUSED_DTYPES
+
+pytestmark = pytest.mark.fast  # `pytest -m fast`: the model-code subset
 
 BF16_MIN_COSINE = 0.999
 
@@ -54,9 +57,11 @@ CASES = [  # N queries, A heads, K, M keys, E, groups, biases
 @pytest.mark.parametrize('path', ['native', 'chunks'])
 def test_tiled_attention_matches_explicit_softmax(case, dtype, path, monkeypatch):
     if path == 'chunks':
+        if dtype not in FUSED_DTYPES:
+            pytest.skip(f'{dtype}: no oneDNN kernels for it on this CPU')
         monkeypatch.setattr(native, '_loaded', 'not built (test)')
-    elif not native.supports(dtype):
-        pytest.skip(f'{dtype} not run by the native kernel here: {native.describe()}')
+    else:
+        require_native(dtype)
     N, A, K, M, E, groups, biased = case
     # q and out are column slices of wider token maps (row stride != width), as in the model
     q = torch.randn(N, A * K + 8)[:, 4:4 + A * K].to(dtype)
@@ -87,8 +92,7 @@ def test_tiled_attention_matches_explicit_softmax(case, dtype, path, monkeypatch
 def test_native_and_chunked_backbones_agree(arch, monkeypatch):
     """Whole backbones: the native kernel against the matmul chunks (fp32 1e-4, bf16 stage
     cosine >= 0.999), including its smallest tile (16 query rows: tails everywhere)."""
-    if not native.supports(torch.float32):
-        pytest.skip(native.describe())
+    require_native()
     model = build(arch).eval()
     x = torch.randn(2, 3, 96, 136)
 
@@ -107,11 +111,10 @@ def test_native_and_chunked_backbones_agree(arch, monkeypatch):
         assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) >= BF16_MIN_COSINE
 
 
-def test_kernel_refuses_inconsistent_operands():
+def test_attention_kernel_refuses_inconsistent_operands():
     """Bad operands are one clear error from the kernel, not a read out of bounds."""
+    require_native()
     mod = native.kernel()
-    if mod is None:
-        pytest.skip(native.describe())
     q, k_t, v, out = torch.randn(8, 64), torch.randn(1, 64, 10), torch.randn(1, 10, 64), \
         torch.empty(8, 64)
     none = torch.empty(0)

@@ -1,12 +1,13 @@
-"""Every command and snippet of README.md runs as written (smoke-sized by the substitutions
-of tests/readme_cases.py), in a sandbox folder, and leaves the repository as it was.
+"""Every command and snippet of README.md and of the docs pages in :data:`PAGES` runs as written
+(smoke-sized by the substitutions of tests/readme_cases.py), in a sandbox folder, and leaves the
+repository as it was; every relative link of those pages resolves.
 
 The commands run in README order (a later one may read what an earlier one wrote: the ONNX
 snippet reads the exported graph) with ``.venv``/``tools`` linked into the sandbox and
 ``configs`` copied, so relative outputs land in the sandbox. Commands needing COCO, ImageNet,
 a GPU or a download must fail with their clear message instead (no traceback). A README
 command or snippet without an entry in ``readme_cases.CASES`` fails, so does an entry that no
-longer matches anything in the README.
+longer matches anything in the pages.
 """
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ from readme_cases import CASES, CKPT, DEMO_DET, Case, command_key, snippet_key, 
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / 'README.md'
+# the pages whose commands run here, in this order (a command on two pages runs where it first
+# appears; a case's `needs` must be on the same page or an earlier one). Every page of docs/ is
+# listed (test_every_docs_page_is_listed); swap_coverage.md is the sweep's generated table.
+PAGES = ('README.md', 'docs/install.md', 'docs/demo.md', 'docs/backbones.md',
+         'docs/weights.md', 'docs/errors.md', 'docs/training.md', 'docs/own_data.md',
+         'docs/configs_and_swap.md', 'docs/pictures.md', 'docs/deployment.md',
+         'docs/fast_path.md', 'docs/benchmarks.md', 'docs/architecture.md',
+         'docs/swap_coverage.md')
 # environment variables a user's shell might carry that would change what the commands see
 CLEARED_ENV = ('PVT_MM_DATA_ROOT', 'PVT_MM_DEMO_DATA', 'PVT_MM_DEBUG', 'PYTHON', 'PIP_CONSTRAINT')
 
@@ -39,23 +48,34 @@ class Item:
     text: str
     key: str
     exports: tuple[str, ...] = ()  # the same block's earlier `export` lines
+    page: str = 'README.md'
 
 
-def readme_items(text: str | None = None) -> list[Item]:
-    text = README.read_text() if text is None else text
+def readme_items(text: str | None = None, page: str = 'README.md') -> list[Item]:
+    """The commands of one page (``text``), or of every page in :data:`PAGES` (each command
+    once: a docs page may repeat the README's)."""
+    if text is None:
+        items, seen = [], set()
+        for name in PAGES:
+            if (ROOT / name).is_file():
+                for item in readme_items((ROOT / name).read_text(), name):
+                    if item.key not in seen:
+                        seen.add(item.key)
+                        items.append(item)
+        return items
     items = []
     for m in re.finditer(r'^```(\w*)[ \t]*\n(.*?)^```', text, re.S | re.M):
         lang, body = m.group(1), m.group(2)
         line = text.count('\n', 0, m.start()) + 1
         if lang == 'python':
-            items.append(Item(line, 'python', body, snippet_key(body)))
+            items.append(Item(line, 'python', body, snippet_key(body), page=page))
         elif lang in ('bash', 'sh', 'shell', 'console'):
             exports: list[str] = []
             for command in re.sub(r'\\\n\s*', ' ', body).splitlines():
                 if not command.strip() or command.strip().startswith('#'):
                     continue
                 key = command_key(command)
-                items.append(Item(line, 'bash', key, key, tuple(exports)))
+                items.append(Item(line, 'bash', key, key, tuple(exports), page))
                 if key.startswith('export '):
                     exports.append(key)
     return items
@@ -68,9 +88,65 @@ def test_every_readme_command_has_a_case():
     assert len(keys) > 20  # the extraction found the README's blocks
     missing = [k for k in keys if k not in CASES]
     stale = [k for k in CASES if k not in keys]
-    assert not missing, 'README commands without a case in tests/readme_cases.py: ' + \
+    assert not missing, 'README / docs commands without a case in tests/readme_cases.py: ' + \
         '; '.join(missing)
-    assert not stale, 'tests/readme_cases.py entries no longer in README.md: ' + '; '.join(stale)
+    assert not stale, 'tests/readme_cases.py entries on no page of PAGES: ' + '; '.join(stale)
+
+
+def test_every_docs_page_is_listed():
+    """A page added to docs/ has its commands run: it must be in :data:`PAGES`."""
+    pages = {f'docs/{p.name}' for p in (ROOT / 'docs').glob('*.md')}
+    assert not pages - set(PAGES), f'docs pages missing from PAGES: {sorted(pages - set(PAGES))}'
+    assert all((ROOT / p).is_file() for p in PAGES), [p for p in PAGES if not (ROOT / p).is_file()]
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's heading anchors of a Markdown page (headings inside code fences skipped)."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith('```'):
+            fenced = not fenced
+        elif not fenced and re.match(r'#{1,6} ', line):
+            slug = re.sub(r'[^\w\- ]', '', line.lstrip('#').strip().lower()).replace(' ', '-')
+            n, anchor = 0, slug
+            while anchor in anchors:
+                n += 1
+                anchor = f'{slug}-{n}'
+            anchors.add(anchor)
+    return anchors
+
+
+def _links(text: str) -> list[str]:
+    """The link targets of a Markdown page: ``[text](target)`` and ``<img src="target">``
+    outside code fences."""
+    text = re.sub(r'^```.*?^```', '', text, flags=re.S | re.M)
+    return re.findall(r'\]\(([^)\s]+)\)', text) + re.findall(r'<img [^>]*src="([^"]+)"', text)
+
+
+def test_every_relative_link_resolves():
+    """Every relative link of the README and the docs pages names a file of the repository and,
+    into a Markdown page, one of its headings."""
+    broken = []
+    for name in PAGES:
+        page = ROOT / name
+        for target in _links(page.read_text()):
+            if re.match(r'[a-z]+:', target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition('#')
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f'{name}: {target} (no such file)')
+            elif anchor and file.suffix == '.md' and anchor not in _anchors(file.read_text()):
+                broken.append(f'{name}: {target} (no such heading)')
+    assert not broken, '\n'.join(broken)
+
+
+def test_link_check_reads_github_anchors():
+    assert _anchors('# A: b, `c` (d)\n```\n# not a heading\n```\n## A: b, `c` (d)\n') == {
+        'a-b-c-d', 'a-b-c-d-1'}
+    assert _links('[x](a.md#b) <img src="i.png" width="1">\n```\n[y](z.md)\n```\n') == [
+        'a.md#b', 'i.png']
 
 
 def test_extraction_joins_continuations_and_carries_exports():
@@ -136,7 +212,7 @@ def _execute(item: Item, case: Case, box: Path, index: int) -> tuple[int, str, f
 
 def _problem(item: Item, case: Case, status: int, output: str) -> str | None:
     tail = '\n'.join(output.strip().splitlines()[-8:])
-    where = f'README.md:{item.line}: {item.key}'
+    where = f'{item.page}:{item.line}: {item.key}'
     if case.kind == 'run' and status != 0:
         return f'{where}\n  exit {status}:\n{tail}'
     if case.kind == 'error':
@@ -168,16 +244,16 @@ def test_readme_commands_run_as_written(sandbox):
     before = _git_status()
     items = [(i, item, CASES[item.key]) for i, item in enumerate(readme_items())
              if item.key in CASES and CASES[item.key].kind != 'not_run']
-    blocks: dict[int, list] = {}
+    blocks: dict[tuple[str, int], list] = {}
     for entry in items:
-        blocks.setdefault(entry[1].line, []).append(entry)
+        blocks.setdefault((entry[1].page, entry[1].line), []).append(entry)
     futures = {}
 
     def run_block(entries: list) -> list[tuple[float, str, str | None]]:
         out = []
         for index, item, case in entries:
-            if case.needs:
-                futures[case.needs].result()  # raises if it failed to run
+            if case.needs and case.needs not in [i.key for _, i, _ in entries]:
+                futures[case.needs].result()  # raises if it failed to run (an earlier block)
             status, output, seconds = _execute(item, case, sandbox, index)
             out.append((seconds, item.key, _problem(item, case, status, output)))
         return out
@@ -202,5 +278,6 @@ def test_readme_commands_run_as_written(sandbox):
 if __name__ == '__main__':  # list the README's commands and their cases
     for item in readme_items():
         case = CASES.get(item.key)
-        print(f'{item.line:4d} {case.kind if case else "MISSING":8s} {item.key[:90]}')
+        print(f'{item.page}:{item.line:<4d} {case.kind if case else "MISSING":8s} '
+              f'{item.key[:80]}')
     sys.exit(0)

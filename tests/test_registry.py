@@ -11,6 +11,8 @@ from pvt_mm.models.backbones import ARCHS, OFFICIAL_NAMES, PVT, PVTv2
 
 import pvt_mm  # noqa: F401  isort: skip
 
+pytestmark = pytest.mark.fast  # `pytest -m fast`: the model-code subset
+
 
 @pytest.mark.parametrize('registry', [DET_MODELS, SEG_MODELS], ids=['mmdet', 'mmseg'])
 def test_build_from_both_registries(registry):

@@ -33,21 +33,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.registry import DATA_SAMPLERS, HOOKS
 from mmengine.runner import Runner
 
-from pvt_mm.demo import DemoDataSpec, SceneSpec, make_demo_data
+from pvt_mm.demo import DemoDataSpec, SceneSpec
 from pvt_mm.demo.pipeline import DATA_ENV
 from pvt_mm.engine.resume import SeededBatch, _SeededFetch
 
 ROOT = Path(__file__).resolve().parents[1]
 ATSS = ROOT / 'configs/demo/atss_pvtv2-b0_fpn_demo.py'
 KILL_ENV = 'PVT_MM_TEST_KILL_IN_ITER'
-TINY = DemoDataSpec(num_train=6, num_val=1, scene=SceneSpec.scaled(64))
+TINY = DemoDataSpec(num_train=6, num_val=1, scene=SceneSpec.scaled(64))  # tiny_data's size
 BATCHES_PER_EPOCH = 3  # 6 images, batch 2
 EPOCHS = 3
 FINAL_ITER = EPOCHS * BATCHES_PER_EPOCH
@@ -85,11 +84,6 @@ default_hooks = dict(logger=dict(interval=1),
 custom_hooks = [dict(type='KillInIterHook')]
 model = dict(backbone=dict(drop_path_rate=0.1))  # the model draws from torch's generator
 """
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory) -> Path:
-    return make_demo_data(tmp_path_factory.mktemp('resume_data'), TINY)
 
 
 def _train(config: Path, work_dir: Path, data: Path, *extra: str, kill_in: int = 0,

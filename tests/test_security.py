@@ -17,8 +17,8 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import MODELS
 
 from payloads import OLD_ALLOW_LIST, hide_gadget, plain_payload, run_options
-from pvt_mm.checkpoint import read_checkpoint
-from pvt_mm.convert import CheckpointError
+from pvt_mm.loading.checkpoint import read_checkpoint
+from pvt_mm.loading.convert import CheckpointError
 from pvt_mm.demo import DemoDataSpec, make_demo_data
 from pvt_mm.demo.pipeline import DATA_ENV
 from pvt_mm.engine import cli  # module import: pytest would collect cli.test_main
@@ -112,7 +112,7 @@ def test_payloads_are_live_without_the_protection(hostile):
 
 
 def test_the_getattr_stand_in_resolves_only_history_buffer_methods():
-    from pvt_mm.safe_pickle import _getattr, _HistoryBuffer, stand_ins
+    from pvt_mm.loading.safe_pickle import _getattr, _HistoryBuffer, stand_ins
     assert dict((name, fn) for fn, name in stand_ins())['builtins.getattr'] is _getattr
     assert _getattr(_HistoryBuffer, 'mean').name == 'mean'
     for args in ((getattr, '__self__'), (_HistoryBuffer, '__init__'), (HistoryBuffer, 'mean'),
@@ -156,7 +156,7 @@ def test_the_matrix_fails_without_the_protection(real_checkpoint, tmp_path, monk
     """Meta-check: with the old allow-list (the real ``getattr`` instead of the stand-in)
     restored in pvt_mm's reader, the gadget runs through ``load_from`` and the backbone's
     ``init_cfg`` and both load without an error: test_payload_never_runs would fail."""
-    import pvt_mm.safe_pickle as safe_pickle
+    import pvt_mm.loading.safe_pickle as safe_pickle
     monkeypatch.setattr(safe_pickle, 'stand_ins', OLD_ALLOW_LIST)
     for load in (_backbone_init_cfg, _load_from):
         marker = tmp_path / f'{load.__name__}_ran'

@@ -32,19 +32,19 @@ pytestmark = pytest.mark.usefixtures('cached_config_index')
 
 
 def _swapped(config: str, arch: str = 'b0', **kwargs) -> Config:
-    return swap.swap_config(swap.load_config(config), arch, checkpoint=None, **kwargs)
+    return swap.swap_config(swap.load_stock_config(config), arch, checkpoint=None, **kwargs)
 
 
 @pytest.mark.parametrize('name', list(STOCK))
 def test_swapped_stock_config_builds_and_trains(name, tmp_path):
     config, arch, batch = STOCK[name]
-    out = swap.swap_backbone(config, arch, tmp_path / f'{name}_pvt.py')
+    out = swap.write_swapped_config(config, arch, tmp_path / f'{name}_pvt.py')
     cfg = Config.fromfile(str(out))
     assert f"_base_ = '{config}'" in out.read_text()
     assert 'pvt_mm' in cfg.custom_imports.imports
     channels = list(ARCHS[arch].embed_dims)
     backbone = cfg.model.backbone
-    assert backbone.type == ('PVT' if ARCHS[arch].version == 1 else 'PVTv2')
+    assert backbone.type == ARCHS[arch].backbone_type
     assert 'depth' not in backbone and 'norm_eval' not in backbone  # ResNet keys deleted
     assert backbone.init_cfg.checkpoint.endswith('.pth')
     assert cfg.optim_wrapper.optimizer.type == 'AdamW'
@@ -162,7 +162,7 @@ def test_matches_the_model_zoo_detr_family_configs():
              'configs/deformable_detr_refine_twostage_pvt_v2_b2_16xb2_50e_coco.py'),
             ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
              'configs/dino_4scale_pvt_v2_b2_8xb2_12e_coco.py')]:
-        swapped = swap.swap_config(swap.load_config(stock), 'b2')
+        swapped = swap.swap_config(swap.load_stock_config(stock), 'b2')
         zoo = Config.fromfile(str(ROOT / ours))
         assert swapped.model.to_dict() == zoo.model.to_dict(), ours
         assert swapped.optim_wrapper.to_dict() == zoo.optim_wrapper.to_dict()
@@ -175,7 +175,7 @@ def test_matches_the_model_zoo_detr_family_configs():
 ])
 def test_refused_kinds_say_why(config, match):
     with pytest.raises(swap.SwapError, match=match):
-        swap.swap_overrides(swap.load_config(config), 'b0')
+        swap.swap_overrides(swap.load_stock_config(config), 'b0')
 
 
 def test_names_the_mmdet_loader_refuses(tmp_path):
@@ -185,7 +185,7 @@ def test_names_the_mmdet_loader_refuses(tmp_path):
     name = 'mmdet::gn+ws/faster-rcnn_r50_fpn_gn-ws-all_1x_coco.py'
     with pytest.raises(ValueError):  # mmengine itself
         Config.fromfile(str(_stub(tmp_path, name)))
-    out = swap.swap_backbone(name, 'b0', tmp_path / 'gnws_b0.py', checkpoint=None)
+    out = swap.write_swapped_config(name, 'b0', tmp_path / 'gnws_b0.py', checkpoint=None)
     stock = tmp_path / 'gnws_b0_stock.py'
     assert "_base_ = './gnws_b0_stock.py'" in out.read_text()
     for text in (out.read_text(), stock.read_text()):
@@ -196,7 +196,7 @@ def test_names_the_mmdet_loader_refuses(tmp_path):
         (moved / f.name).write_text(f.read_text())
     cfg = Config.fromfile(str(moved / out.name))
     assert cfg.model.neck.in_channels == B0 and cfg.model.neck.norm_cfg.type == 'GN'
-    expected = swap.swap_config(swap.load_config(name), 'b0', checkpoint=None)
+    expected = swap.swap_config(swap.load_stock_config(name), 'b0', checkpoint=None)
     assert cfg.model.to_dict() == expected.model.to_dict()
 
 
@@ -209,9 +209,9 @@ def test_names_the_mmdet_loader_refuses(tmp_path):
 def test_written_config_equals_the_swapped_config(config, tmp_path):
     """The file the CLI writes (inheriting the stock config) loads to what swap_config
     returns: nested detectors, lists of heads, added necks, nested preprocessors."""
-    out = swap.swap_backbone(config, 'b1', tmp_path / 'swapped.py')
+    out = swap.write_swapped_config(config, 'b1', tmp_path / 'swapped.py')
     written = Config.fromfile(str(out))
-    swapped = swap.swap_config(swap.load_config(config), 'b1')
+    swapped = swap.swap_config(swap.load_stock_config(config), 'b1')
     assert written.model.to_dict() == swapped.model.to_dict()
     assert written.optim_wrapper.to_dict() == swapped.optim_wrapper.to_dict()
 
@@ -229,8 +229,8 @@ def test_local_config_path_is_inherited_relatively(tmp_path):
     src.write_text("_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
                    "model = dict(neck=dict(out_channels=128), bbox_head=dict(in_channels=128,"
                    " feat_channels=128))\n")
-    out = swap.swap_backbone(str(src), 'pvt_v2_b1', tmp_path / 'gen' / 'retina_b1.py',
-                             checkpoint=None, optimizer='keep')
+    out = swap.write_swapped_config(str(src), 'pvt_v2_b1', tmp_path / 'gen' / 'retina_b1.py',
+                                    checkpoint=None, optimizer='keep')
     assert "_base_ = '../mine/retina.py'" in out.read_text()
     cfg = Config.fromfile(str(out))
     assert cfg.model.backbone.arch == 'b1' and 'init_cfg' not in cfg.model.backbone
@@ -274,7 +274,7 @@ def test_heads_and_neck_lists():
     (dict(decode_head=dict(type='Mask2FormerHead', in_channels=[1, 2, 3])), dict(arch='b0'),
      'reads 3 maps'),
 ])
-def test_clear_errors(model, kwargs, match):
+def test_swap_refusals_name_what_cannot_be_swapped(model, kwargs, match):
     with pytest.raises(swap.SwapError, match=match):
         swap.swap_overrides(_model_cfg(**model), **kwargs)
 
@@ -283,9 +283,9 @@ def test_sweep_never_reaches_the_network():
     with offline():
         with pytest.raises(NetworkBlocked):
             torch.hub.load_state_dict_from_url('https://example.com/w.pth', progress=False)
-    ld = swap.load_config('mmdet::ld/ld_r50-gflv1-r101_fpn_1x_coco.py')
+    ld = swap.load_stock_config('mmdet::ld/ld_r50-gflv1-r101_fpn_1x_coco.py')
     assert 'teacher' in fetches_at_build(ld.model.to_dict())
-    assert fetches_at_build(swap.load_config(STOCK['fcos'][0]).model.to_dict()) is None
+    assert fetches_at_build(swap.load_stock_config(STOCK['fcos'][0]).model.to_dict()) is None
 
 
 def test_sweep_slice():

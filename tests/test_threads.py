@@ -1,4 +1,4 @@
-"""Thread counts from what the process may use (pvt_mm/models/layers/threads.py).
+"""Thread counts from what the process may use (pvt_mm/models/fast/threads.py).
 
 Fake cgroup files and a fake /proc/loadavg stand in for a container's quota and a busy
 neighbour; a CPU affinity mask is set in a subprocess (OpenMP workers created under it would
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pvt_mm.models.backbones import PVTv2
-from pvt_mm.models.layers import threads as T
+from pvt_mm.models.fast import threads as T
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def test_affinity_mask_of_one_cpu_in_a_subprocess() -> None:
     code = '''if True:
         import os, torch
         from pvt_mm.models.backbones import PVTv2
-        from pvt_mm.models.layers import threads as T
+        from pvt_mm.models.fast import threads as T
         start = torch.get_num_threads()
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         T.PROC_LOADAVG = '/nonexistent'  # whatever the machine's load, only the mask counts
@@ -166,10 +166,11 @@ def test_affinity_mask_of_one_cpu_in_a_subprocess() -> None:
             lambda *_: seen.append(torch.get_num_threads()))
         with torch.no_grad():
             model(torch.randn(1, 3, 64, 64))
-        print(start, T.cpu_budget(), seen[0], torch.get_num_threads())
+        print(start, T.cpu_budget(), seen[0], torch.get_num_threads())  # the last line
     '''
     env = {k: v for k, v in os.environ.items() if k not in (*T.USER_ENV, T.ADAPT_ENV)}
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                         cwd=ROOT, env=env, timeout=120, check=True).stdout.split()
+                         cwd=ROOT, env=env, timeout=120, check=True).stdout.splitlines()
+    out = out[-1].split()  # after the log line of the hooked attention
     start, budget, seen, after = map(int, out)
     assert start >= 2 and budget == 1 and seen == 1 and after == start

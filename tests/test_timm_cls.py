@@ -16,9 +16,11 @@ from PIL import Image
 
 import pvt_mm  # noqa: F401  registers the models
 from pvt_mm.models.backbones.pretrained import load_pretrained
-from pvt_mm.convert import CheckpointError
+from pvt_mm.loading.convert import CheckpointError
 from pvt_mm.models.backbones import ARCHS, PVT
 from pvt_mm.models.classifier import TIMM_NAMES, PVTClassifier, checkpoint_filter_fn
+
+pytestmark = pytest.mark.fast  # `pytest -m fast`: the model-code subset
 
 ROOT = Path(__file__).resolve().parents[1]
 # Official ImageNet parameter counts (M, classification/README.md); huge has none published.

@@ -51,10 +51,17 @@ def test_backbone_pictures_per_stage(arch, image_file, tmp_path):
     kinds = ('features', 'attention') + (('pos_embed',) if arch == 'tiny' else ())
     assert sorted(p.name for p in paths) == sorted(
         f'stage{i}_{k}.png' for i in range(1, 5) for k in kinds)
+    scale = -(-384 // max(H, W))  # small images: enlarged to a 384 px longer side
     for path in paths:
         img = _png(path)
-        assert img.shape == (H, W, 3), path.name
-        assert img.std() > 1, f'{path.name} is flat'
+        bar = 58 if 'attention' in path.name else 0  # the colour scale of the weights
+        assert img.shape == (22 + H * scale, W * scale + bar, 3), path.name
+        assert img[22:].std() > 1, f'{path.name} is flat'
+        title = img[:22, :W * scale]
+        assert (title < 128).any() and (title == 255).mean() > 0.5, f'{path.name}: no title'
+        if bar:  # a JET ramp from red (top, the largest weight) to blue
+            ramp = img[22:, W * scale + 2:W * scale + 10].astype(int)
+            assert ramp[0, 0, 2] > 150 and ramp[-1, 0, 0] > 100, path.name
 
 
 @pytest.mark.parametrize('arch', list(BACKBONES))
@@ -122,6 +129,116 @@ def test_tools_start_without_pkg_resources_warnings(image_file, tmp_path):
     assert 'random weights' in out.stderr  # other warnings still reach the user
     assert 'pkg_resources' not in out.stderr, out.stderr
     assert (tmp_path / 'stage4_pos_embed.png').is_file()
+
+
+def test_segmentation_pictures_leave_the_background_as_it_is():
+    """A background-named class (black in most palettes, dark grey in ours) is not blended
+    over the image: those pixels stay as the image shows them; the others are coloured. The
+    stock visualizer blends it (the protection is the subclass)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    from mmseg.visualization import SegLocalVisualizer
+
+    from pvt_mm.visualization.palette import make_palette
+    from pvt_mm.visualization.visualizers import ReadableSegVisualizer
+    image = np.full((32, 32, 3), 200, np.uint8)
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[:, :, 16:] = 1
+    sample = SegDataSample(pred_sem_seg=PixelData(data=labels))
+    classes = ('background', 'road')
+    drawn = {}
+    for kind in (ReadableSegVisualizer, SegLocalVisualizer):
+        vis = kind(name=f'keep_background_test_{kind.__name__}', alpha=0.8)
+        vis.set_dataset_meta(classes, [(0, 0, 0), *make_palette(classes)[1:]])
+        vis.add_datasample('x', image, sample, draw_gt=False, with_labels=False)
+        drawn[kind] = vis.get_image()
+    assert (drawn[ReadableSegVisualizer][:, :16] == 200).all()  # untouched
+    assert (drawn[SegLocalVisualizer][:, :16] != 200).all()  # stock: 0.2 * 200 = 40
+    assert (drawn[ReadableSegVisualizer][:, 16:] == drawn[SegLocalVisualizer][:, 16:]).all()
+
+
+def test_label_text_reads_as_a_percentage():
+    from pvt_mm.visualization.visualizers import label_text
+    assert label_text('person', 0.873) == 'person 87%'
+    assert label_text('cat', 0.004) == 'cat 0.4%'
+    assert label_text('cat', None) == 'cat'
+
+
+def test_overlapping_labels_are_moved_apart_most_confident_first():
+    from pvt_mm.visualization.visualizers import place_labels
+    anchors = np.array([[10., 10.], [12., 11.], [11., 9.], [200., 10.]])
+    sizes = [(60., 14.)] * 4
+    corners = place_labels(anchors, sizes, (240, 320), order=[2, 0, 1, 3])
+    assert tuple(corners[2]) == (11., 9.)  # the most confident keeps its place
+    assert tuple(corners[3]) == (200., 10.)  # nothing in its way
+    boxes = [(x, y, w, h) for (x, y), (w, h) in zip(corners, sizes)]
+    for i in range(4):
+        for j in range(i):
+            (ax, ay, aw, ah), (bx, by, bw, bh) = boxes[i], boxes[j]
+            assert not (ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah)
+    edge = place_labels(np.array([[310., 235.]]), [(60., 14.)], (240, 320))
+    assert tuple(edge[0]) == (260., 226.)  # kept inside the image
+
+
+def test_detection_pictures_label_each_box_readably(tmp_path):
+    """Three overlapping boxes: the stock visualizer stacks their labels on one spot and writes
+    the score as a bare number; ours writes ``cat 90%`` and no two label boxes overlap."""
+    from mmdet.structures import DetDataSample
+    from mmdet.visualization import DetLocalVisualizer
+    from mmengine.structures import InstanceData
+
+    from pvt_mm.visualization.visualizers import ReadableDetVisualizer
+    image = np.full((120, 160, 3), 128, np.uint8)
+    pred = InstanceData(bboxes=torch.tensor([[10., 10., 90., 90.], [12., 12., 92., 95.],
+                                             [14., 11., 88., 80.]]),
+                        scores=torch.tensor([0.9, 0.8, 0.7]), labels=torch.tensor([0, 1, 0]))
+    sample = DetDataSample(pred_instances=pred)
+    vis = ReadableDetVisualizer(name='labels_test_file')
+    vis.dataset_meta = dict(classes=('cat', 'dog'), palette=[(255, 0, 0), (0, 255, 0)])
+    vis.add_datasample('x', image, sample, draw_gt=False, pred_score_thr=0.3,
+                       out_file=str(tmp_path / 'x.png'))
+    assert cv2.imread(str(tmp_path / 'x.png')).shape == (120, 160, 3)
+    texts = {}
+    for kind in (ReadableDetVisualizer, DetLocalVisualizer):
+        vis = kind(name=f'labels_test_{kind.__name__}')
+        # the drawing step of add_datasample (which then resets the figure to the pixels)
+        vis._draw_instances(image, sample.pred_instances, ('cat', 'dog'),
+                            [(255, 0, 0), (0, 255, 0)])
+        renderer = vis.fig_save_canvas.get_renderer()
+        texts[kind] = [(t.get_text(), t.get_window_extent(renderer))
+                       for t in vis.ax_save.texts]
+    assert [t for t, _ in texts[ReadableDetVisualizer]] == ['cat 90%', 'dog 80%', 'cat 70%']
+    assert [t for t, _ in texts[DetLocalVisualizer]] == ['cat: 90.0', 'dog: 80.0', 'cat: 70.0']
+
+    def overlaps(items):
+        boxes = [e for _, e in items]
+        return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[:i])
+    assert overlaps(texts[DetLocalVisualizer])  # what the stock pictures show
+    assert not overlaps(texts[ReadableDetVisualizer])
+
+
+def test_tool_noise_is_filtered_by_what_it_is():
+    """pvt_mm._quiet (imported first by every tool) drops torch's meshgrid warning and
+    mmengine's registry-scope log lines, also from loggers made later (one per Runner); other
+    warnings and log lines still reach the user."""
+    script = (
+        'import pvt_mm._quiet, logging, warnings, torch\n'
+        'from mmengine.logging import MMLogger, print_log\n'
+        'torch.meshgrid(torch.arange(2), torch.arange(2))\n'
+        'warnings.warn("a warning of yours")\n'
+        'MMLogger.get_instance("runner_made_later")\n'
+        'print_log(\'Failed to search registry with scope "mmdet" in the "function" registry '
+        'tree. As a workaround ...\', logger="current", level=logging.WARNING)\n'
+        'print_log(\'The "model" registry in mmdet did not set import location. Fallback\', '
+        'logger="current", level=logging.WARNING)\n'
+        'print_log("a log line of yours", logger="current", level=logging.WARNING)\n')
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, 'PYTHONWARNINGS': 'default'})
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert 'a warning of yours' in text and 'a log line of yours' in text
+    for noise in ('meshgrid', 'Failed to search registry', 'did not set import location'):
+        assert noise not in text, text
 
 
 SHIPPED_CONFIGS = sorted(p.name for p in (ROOT / 'configs').glob('*.py'))
@@ -192,8 +309,15 @@ def test_infer_tool_draws_predictions(demo_run, stage, config, tmp_path):
     assert [p.name for p in paths] == [image.name]
     drawn, original = _png(paths[0]), _png(image)
     assert drawn.shape == original.shape
-    if stage == 'seg':  # every pixel gets a class colour
-        assert np.abs(drawn.astype(int) - original.astype(int)).mean() > 5
+    if stage == 'seg':  # class colours, except where 'background' is predicted
+        labels = cv2.imread(str(next((tmp_path / 'pred').glob('*_pred.png'))),
+                            cv2.IMREAD_UNCHANGED)
+        diff = np.abs(drawn.astype(int) - original.astype(int)).mean(-1)
+        assert labels.shape == diff.shape
+        if (labels == 0).any():  # drawn and original are JPEGs: near, not equal
+            assert diff[labels == 0].mean() < 4
+        if (labels != 0).any():
+            assert diff[labels != 0].mean() > 5
     else:  # the boxes, labels and scores are saved too
         preds = json.loads((tmp_path / 'preds' / f'{image.stem}.json').read_text())
         assert set(preds) >= {'labels', 'scores', 'bboxes'}

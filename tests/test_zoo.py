@@ -126,7 +126,7 @@ def test_config_builds_with_pinned_parameter_count(name):
 
 
 @pytest.mark.parametrize('name', NEW_CONFIGS)
-def test_official_recipe(name):
+def test_zoo_config_keeps_its_published_recipe(name):
     cfg = load(name)
     lr, wd, bb_mult, clip, epochs, steps, warmup, batch, base, amp = RECIPES[name]
     wrapper = cfg.optim_wrapper

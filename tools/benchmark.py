@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=None,
                    help='CPU threads of every model (pvt_mm, peers, runtimes); default: each '
                         "library's own (pvt_mm: from the CPUs the process may use and the "
-                        "load, see pvt_mm/models/layers/threads.py)")
+                        "load, see pvt_mm/models/fast/threads.py)")
     p.add_argument('--device', default='cpu', help='cpu or cuda[:i]')
     p.add_argument('--peers', nargs='*', default=list(PEERS), choices=PEERS,
                    help='implementations to compare with (default: mmdet timm; none: ours only)')

@@ -25,15 +25,18 @@ import os
 import sys
 from pathlib import Path
 
-from pvt_mm.checkpoint import (FORMATS, check_state_dict, checkpoint_format, read_checkpoint,
-                               write_checkpoint)
-from pvt_mm.convert import CheckpointError, convert_pvt_checkpoint, unwrap_state_dict
+import torch
+
+from pvt_mm.arch import ARCHS, PVTArch
 from pvt_mm.engine.cli import run_tool
-from pvt_mm.convert_hf import classifier_parts, from_transformers
-from pvt_mm.hf_folder import (arch_from_config, check_folder_variant, describe, folder_weights,
-                              infer_arch, read_config, write_transformers_folder)
-from pvt_mm.models.backbones import ARCHS, PVT, PVTv2
-from pvt_mm.models.backbones.arch import PVTArch
+from pvt_mm.loading.checkpoint import (FORMATS, check_state_dict, checkpoint_format,
+                                       read_checkpoint, write_checkpoint)
+from pvt_mm.loading.convert import CheckpointError, convert_pvt_checkpoint, unwrap_state_dict
+from pvt_mm.loading.convert_hf import classifier_parts, from_transformers
+from pvt_mm.loading.hf_folder import (arch_from_config, check_folder_variant, describe,
+                                      folder_weights, infer_arch, read_hf_config,
+                                      write_transformers_folder)
+from pvt_mm.models.backbones import build_pvt
 
 TARGETS = ('pvt_mm', 'transformers')
 
@@ -65,9 +68,13 @@ def check_paths(src: Path, dst: Path) -> None:
 
 def load_into(spec: PVTArch, state_dict: dict, source: Path, pretrain_img_size: int = 224
               ) -> None:
-    """Build variant ``spec`` and load ``state_dict`` with ``strict=True`` (errors name both)."""
-    model = (PVT if spec.version == 1 else PVTv2)(arch=spec, pretrain_img_size=pretrain_img_size)
-    check_state_dict(model, state_dict, source=source)
+    """Build variant ``spec`` and load ``state_dict`` with ``strict=True`` (errors name both).
+    The shapes are compared on the meta device first: a variant (a folder's config.json) that
+    does not fit the weights is refused before anything of its size is allocated."""
+    with torch.device('meta'):
+        check_state_dict(build_pvt(spec, pretrain_img_size=pretrain_img_size), state_dict,
+                         source=source)
+    model = build_pvt(spec, pretrain_img_size=pretrain_img_size)
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -77,13 +84,13 @@ def variant(args: argparse.Namespace, state_dict: dict | None = None) -> PVTArch
     config = args.src.is_dir() and (args.src / 'config.json').is_file()
     if args.arch:
         spec = ARCHS[args.arch]
-        kind = 'PVT' if spec.version == 1 else 'PVTv2'
-        check_folder_variant(args.src, spec, f'--arch {args.arch} ({kind} {args.arch})')
+        check_folder_variant(args.src, spec,
+                             f'--arch {args.arch} ({spec.backbone_type} {args.arch})')
         return spec
     if state_dict is None:
         return None
     if config:
-        return arch_from_config(read_config(args.src), str(args.src / 'config.json'))
+        return arch_from_config(read_hf_config(args.src), str(args.src / 'config.json'))
     return ARCHS[infer_arch(state_dict)]
 
 

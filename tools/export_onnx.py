@@ -30,8 +30,10 @@ import sys
 import pvt_mm._quiet  # noqa: F401  first: drops the pkg_resources deprecation noise
 from mmengine.config import DictAction
 
-from pvt_mm.analysis.models import check_arch, check_shape
-from pvt_mm.deploy.export import DEFAULT_OPSET, export_arch, export_config
+from pvt_mm.analysis.models import check_shape
+from pvt_mm.arch import check_arch
+from pvt_mm.deploy.export import (DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, export_arch,
+                                  export_config)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--shape', type=int, nargs='+', default=[224],
                    help='input size H [W] to trace with (default 224); the graph takes any size')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys')
+    p.add_argument('--exporter', choices=EXPORTERS, default=DEFAULT_EXPORTER,
+                   help="torch's ONNX exporter: 'torchscript' (torch.onnx.export(dynamo=False), "
+                        "deprecated by torch) or 'dynamo' (torch.export + onnxscript, "
+                        'opset >= 18, slower to export); both write every family, same '
+                        f'graphs and metadata (default {DEFAULT_EXPORTER})')
     p.add_argument('--end2end', action='store_true',
                    help='with --config: the whole model, preprocessing and postprocessing '
                         '(NMS / argmax) included, from image to detections / label map')
@@ -74,15 +81,16 @@ def main(argv: list[str] | None = None) -> None:
               'right, its outputs are not meaningful)', file=sys.stderr)
     try:
         if args.arch:
-            result = export_arch(args.arch, args.out, args.checkpoint, args.opset, args.shape)
+            result = export_arch(args.arch, args.out, args.checkpoint, args.opset, args.shape,
+                                 args.exporter)
         elif args.end2end:
             from pvt_mm.deploy.end2end import export_end2end
             result = export_end2end(args.config, args.out, args.checkpoint, args.opset,
-                                    args.shape, args.cfg_options)
+                                    args.shape, args.cfg_options, args.exporter)
         else:
             result = export_config(args.config, args.out, args.checkpoint, args.opset,
-                                   args.shape, args.cfg_options)
-    except (ValueError, FileNotFoundError) as e:
+                                   args.shape, args.cfg_options, args.exporter)
+    except (ValueError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f'export failed: {e}') from None
     batch = '1' if args.end2end else 'batch'
     print(f'wrote {result.path}: input {result.input_name} ({batch}, 3, height, width), '

@@ -20,7 +20,9 @@ from mmengine.config import DictAction  # noqa: E402
 
 from pvt_mm.analysis.flops import (IMAGENET_SIZE, PUBLISHED_IMAGENET_GFLOPS,  # noqa: E402
                                    backbone_complexity, config_complexity, format_complexity)
-from pvt_mm.analysis.models import check_arch, check_shape, load_config  # noqa: E402
+from pvt_mm.analysis.models import check_shape  # noqa: E402
+from pvt_mm.arch import check_arch  # noqa: E402
+from pvt_mm.engine.runtime import read_model_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.head:
             raise SystemExit('--head applies to --arch only')
         try:
-            cfg = load_config(args.config, args.cfg_options)
+            cfg = read_model_config(args.config, args.cfg_options)
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(str(e)) from None
         result = config_complexity(cfg, shape)

@@ -11,8 +11,9 @@ import argparse
 
 import pvt_mm._quiet  # noqa: F401,E402  first: drops the pkg_resources deprecation noise
 
-from pvt_mm.analysis.models import check_arch, check_shape  # noqa: E402
+from pvt_mm.analysis.models import check_shape  # noqa: E402
 from pvt_mm.analysis.op_profile import profile_backbone  # noqa: E402
+from pvt_mm.arch import check_arch  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

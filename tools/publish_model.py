@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pvt_mm.checkpoint import publish_checkpoint
+from pvt_mm.loading.checkpoint import publish_checkpoint
 from pvt_mm.engine.cli import run_tool
 
 

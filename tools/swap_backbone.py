@@ -4,6 +4,8 @@ measure how many stock configs swap (``--sweep``).
     python tools/swap_backbone.py mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py \\
         --arch b2 --out configs/faster-rcnn_pvt_v2_b2_fpn_1x_coco.py
     python tools/swap_backbone.py path/to/upernet_r50.py --arch small --out upernet_pvt_s.py
+    python tools/swap_backbone.py mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py --arch b0 \\
+        --data data/mine --out work_dirs/fcos_b0_mine.py [--classes a b c] [--scale 256]
     python tools/swap_backbone.py --sweep all --arch b0 [--all-configs] [--only FOLDER ...] \\
         [--markdown FILE]
 
@@ -13,6 +15,11 @@ URL), whatever reads the backbone maps (necks, heads by ``in_index``, pixel deco
 adapters, nested detectors), ``custom_imports``, the image normalisation PVT was pretrained
 with, ``model.pretrained`` (mmseg) and, unless ``--optimizer keep``, AdamW as in the official
 PVT recipes. Configs that cannot be swapped correctly are refused with the reason (exit 2).
+With --data DIR (a COCO folder: annotations/instances_{train,val}*.json and the image folders;
+or an mmseg folder: images/ and annotations/{training,validation}, classes.txt), the config
+also trains and tests on DIR (:mod:`pvt_mm.swap.adapt`): datasets, classes and palette,
+num_classes in every head, the evaluators' annotation file and, for images much smaller than
+the stock resize (or with --scale), every pipeline size; see docs/own_data.md.
 The sweep (:mod:`pvt_mm.swap.sweep`) builds and runs every stock config and its swap on one
 small image with random weights, offline, one line per config (model-build logs are
 silenced), and writes the coverage table: the full sweep to docs/swap_coverage.md, a partial
@@ -27,9 +34,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pvt_mm.models.backbones import ARCHS
+from pvt_mm.arch import ARCHS
 from pvt_mm.swap import (DEFAULT_DROP_PATH, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SwapError,
-                         swap_backbone)
+                         write_swapped_config)
 
 SHIPPED_TABLE = Path('docs/swap_coverage.md')  # what the full sweep writes (in the repo)
 PARTIAL_TABLE_DIR = Path('work_dirs/swap_sweep')  # partial sweeps' tables (ignored by git)
@@ -52,6 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--optimizer', choices=('adamw', 'keep'), default='adamw',
                    help='adamw: AdamW(lr, weight decay) unless the config already uses AdamW')
     p.add_argument('--lr', type=float, default=DEFAULT_LR)
+    data = p.add_argument_group('your own dataset')
+    data.add_argument('--data', type=Path, metavar='DIR',
+                      help='a COCO instances folder or an mmseg folder (see docs/own_data.md)')
+    data.add_argument('--classes', nargs='+', metavar='NAME',
+                      help='COCO: train on these categories only; mmseg: the names of label '
+                           'values 0..N-1 (instead of classes.txt)')
+    data.add_argument('--scale', type=int, nargs='+', metavar='SIZE',
+                      help='the test resize: its shorter side (one number) or W H; every other '
+                           'pipeline size follows. Default: the stock sizes, or sizes that fit '
+                           'images much smaller than them; 0: the stock sizes')
     p.add_argument('--weight-decay', type=float, default=DEFAULT_WEIGHT_DECAY)
     sweep = p.add_argument_group('sweep over the installed packages\' own configs')
     sweep.add_argument('--sweep', choices=('mmdet', 'mmseg', 'all'),
@@ -71,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.sweep is None and (args.config is None or args.arch is None or args.out is None):
         p.error('give CONFIG --arch ARCH --out FILE, or --sweep')
+    if (args.classes or args.scale) and args.data is None:
+        p.error('--classes and --scale go with --data DIR')
     if args.sweep and args.markdown is None:
         args.markdown = default_table(args)
     return args
@@ -95,15 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         return run_sweep(args.sweep, arch=args.arch or 'b0', all_configs=args.all_configs,
                          only=args.only, image_size=args.image_size, markdown=args.markdown,
                          threads=args.threads)
+    notes: list[str] = []
+    scale = None if args.scale is None else (args.scale[0] if len(args.scale) == 1
+                                             else args.scale)
     try:
-        out = swap_backbone(
-            args.config, args.arch, args.out,
+        out = write_swapped_config(
+            args.config, args.arch, args.out, data=args.data, classes=args.classes,
+            scale=scale, notes=notes,
             checkpoint=None if args.checkpoint == 'none' else args.checkpoint,
             drop_path_rate=args.drop_path_rate, out_indices=args.out_indices,
             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
     except SwapError as e:
         print(f'swap_backbone: error: {e}', file=sys.stderr)
         return 2
+    for note in notes:
+        print(f'note: {note}')
     print(f'wrote {out}')
     return 0
 

@@ -17,6 +17,7 @@ import json
 
 import torch
 
+from ..engine.runtime import config_scope, read_model_config
 from .benchmark import MIB, Candidate, build_workload
 
 KIB = 1024  # unit of /proc/self/status sizes
@@ -49,12 +50,8 @@ def file_backed(status: dict[str, int]) -> int:
 def warm_up_runtime(candidate: dict) -> None:
     """Import what the candidate needs and start the thread pool, so that neither counts."""
     import importlib
-
-    import pvt_mm  # noqa: F401
-    from ..engine.runtime import config_scope
-    from .models import load_config
     if candidate['config'] is not None:
-        importlib.import_module(f'{config_scope(load_config(candidate["config"]))}.models')
+        importlib.import_module(f'{config_scope(read_model_config(candidate["config"]))}.models')
     if candidate['impl'] == 'mmdet':
         importlib.import_module('mmdet.models')
     if candidate['impl'] == 'timm':

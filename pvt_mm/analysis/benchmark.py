@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..models.layers.threads import set_adaptive_threads
+from ..arch import check_arch
+from ..engine.runtime import build_from_config, read_model_config
+from ..models.fast.threads import set_adaptive_threads
 from .contention import BusyNeighbour, is_loaded, loaded, loaded_workload
 from .deploy_bench import (RUNTIME_IMPLS, gemm_flops, gemm_workload, model_flops,
                            runtime_workload)
-from .models import (arch_spec, backbone_impl, build_from_config, build_peer_backbone,
-                     check_arch, load_config, mmdet_backbone_cfg, swap_backbone,
-                     synthetic_batch)
+from .models import (arch_spec, backbone_impl, build_peer_backbone, mmdet_backbone_cfg,
+                     synthetic_batch, with_backbone_impl)
 from .workload import INFERENCE_DTYPES, SEED, Candidate, Workload
 
 MODES = ('fp32', 'bf16', 'fp16', 'train')
@@ -63,7 +64,7 @@ def backbone_candidates(arch: str, peers: Sequence[str] = ('mmdet', 'timm'),
 def config_candidates(config: str, cfg_options: dict | None = None, peers: Sequence[str] = (
         'mmdet',), with_cp: bool = False) -> list[Candidate]:
     """The config with our backbone and, where mmdet has the architecture, with its own."""
-    cfg = load_config(config, cfg_options)
+    cfg = read_model_config(config, cfg_options)
     _, arch = backbone_impl(cfg)
     name = Path(config).stem
     out = [Candidate(f'{name} [pvt_mm]', 'pvt_mm', 'ours', name, arch=arch, config=config,
@@ -71,7 +72,7 @@ def config_candidates(config: str, cfg_options: dict | None = None, peers: Seque
     if with_cp:
         out.append(replace(out[0], label=f'{name} [pvt_mm with_cp]', with_cp=True,
                            modes=('train',)))
-    if 'mmdet' in peers and swap_backbone(cfg, 'mmdet') is not None:
+    if 'mmdet' in peers and with_backbone_impl(cfg, 'mmdet') is not None:
         out.append(replace(out[0], label=f'{name} [mmdet]', impl='mmdet', role='peer'))
     return out
 
@@ -132,7 +133,7 @@ def _backbone_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size
 
 def _config_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: int,
                      device: str) -> Workload:
-    cfg = swap_backbone(load_config(c.config, c.cfg_options), c.impl)
+    cfg = with_backbone_impl(read_model_config(c.config, c.cfg_options), c.impl)
     if c.with_cp:
         cfg.model.backbone.with_cp = True
     model = build_from_config(cfg, init=True).to(device)
@@ -296,7 +297,7 @@ def run_benchmark(candidates: Sequence[Candidate], modes: Sequence[str],
     """Measure every candidate in every mode at every shape; see the module doc.
 
     ``threads``: torch's (and the runtimes') thread count for every model, pvt_mm's own
-    choice switched off (:mod:`pvt_mm.models.layers.threads`); None: each library's default.
+    choice switched off (:mod:`pvt_mm.models.fast.threads`); None: each library's default.
     ``matmul_peak``: also time a 4096^2 GEMM in each mode's precision in the same alternation
     and give each result its FLOPs and share of that peak (:mod:`.deploy_bench`). Peak memory
     is not measured for the deployment runtimes. ``neighbour``: also time every candidate
@@ -333,7 +334,8 @@ def _run(candidates: Sequence[Candidate], modes: Sequence[str],
             if matmul_peak:
                 workloads[GEMM_LABEL] = gemm_workload(mode, device)
             times, losses, faults = time_alternating(workloads, runs, warmup, device)
-            peak = gemm_flops() / statistics.median(times[GEMM_LABEL]) if matmul_peak else None
+            peak = (gemm_flops(mode, device) / statistics.median(times[GEMM_LABEL]) if matmul_peak
+                    else None)
             if peak is not None:
                 log(f'  {GEMM_LABEL}: {peak / 1e9:.0f} GFLOP/s')
             for c in group:

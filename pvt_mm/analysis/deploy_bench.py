@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from .models import backbone_impl, build_backbone, build_from_config, load_config
+from ..deploy.export import (RawOutputs, backbone_output_names, export_onnx, flatten_outputs,
+                             output_names)
+from ..deploy.runtimes import RuntimeModel
+from ..engine.runtime import build_from_config, read_model_config
+from ..models.backbones import build_pvt
+from .flops import backbone_complexity, config_complexity
+from .models import backbone_impl, synthetic_batch
 from .workload import INFERENCE_DTYPES, Candidate, Workload
 
 RUNTIME_IMPLS = ('onnxruntime', 'openvino')
@@ -39,7 +45,6 @@ def runtime_candidates(ours: Candidate) -> list[Candidate]:
 def _exported(c: Candidate, model: torch.nn.Module, shape: Sequence[int]) -> Path:
     """The graph of ``c``'s model, exported once per process and subject."""
     global _EXPORT_DIR
-    from ..deploy.export import (backbone_output_names, export_onnx, output_names)
     key = (c.arch, c.config, repr(c.cfg_options))
     if key not in _EXPORTS:
         if _EXPORT_DIR is None:
@@ -59,17 +64,14 @@ def runtime_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: 
                      device: str, threads: int, seed: int) -> Workload:
     """``c.impl`` running the exported graph of pvt_mm's model for ``c`` (seeded as the
     'ours' candidate, so the weights are the same) on the same input."""
-    from ..deploy.export import RawOutputs, flatten_outputs
-    from ..deploy.runtimes import RuntimeModel
-    from .models import synthetic_batch
     if device != 'cpu':
         raise ValueError(f'{c.impl} is benchmarked on CPU only')
     torch.manual_seed(seed)
     if c.config is None:
-        model = build_backbone(c.arch).eval()
+        model = build_pvt(c.arch).eval()
         x = torch.randn(batch_size, 3, *shape, generator=torch.Generator().manual_seed(seed))
     else:
-        cfg = load_config(c.config, c.cfg_options)
+        cfg = read_model_config(c.config, c.cfg_options)
         if backbone_impl(cfg)[0] != 'pvt_mm':
             raise ValueError(f'{c.config}: the runtimes run the pvt_mm model of a config')
         detector = build_from_config(cfg, init=True).eval()
@@ -92,29 +94,38 @@ def runtime_workload(c: Candidate, mode: str, shape: Sequence[int], batch_size: 
                     precision_note=f'{c.impl} kernels: {runner.kernel_precision}')
 
 
+def gemm_size(mode: str, device: str) -> int:
+    """GEMM_SIZE, or an eighth of it for bf16 on a CPU without bf16 matmul kernels (AVX2:
+    emulated, ~100x slower; a 4096^2 bf16 GEMM there takes minutes)."""
+    bf16 = INFERENCE_DTYPES.get(mode) == torch.bfloat16
+    if bf16 and device == 'cpu' and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return GEMM_SIZE // 8
+    return GEMM_SIZE
+
+
 def gemm_workload(mode: str, device: str) -> Workload:
-    """A GEMM_SIZE^2 matmul in the mode's precision (fp32 for fp32 / train)."""
+    """A :func:`gemm_size`^2 matmul in the mode's precision (fp32 for fp32 / train)."""
     dtype = INFERENCE_DTYPES.get(mode, torch.float32)
+    n = gemm_size(mode, device)
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(GEMM_SIZE, GEMM_SIZE, generator=g).to(device, dtype) for _ in range(2))
+    a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
 
     def step() -> None:
         torch.mm(a, b)
     return Workload(torch.nn.Identity(), step, lambda: ())
 
 
-def gemm_flops() -> float:
-    return 2. * GEMM_SIZE ** 3
+def gemm_flops(mode: str, device: str) -> float:
+    return 2. * gemm_size(mode, device) ** 3
 
 
 def model_flops(c: Candidate, shape: Sequence[int], batch_size: int) -> float | None:
     """FLOPs of one step of ``c`` (2 x its multiply-accumulates), or None if not countable."""
-    from .flops import backbone_complexity, config_complexity
     try:
         if c.config is None:
             macs = backbone_complexity(c.arch, shape).flops
         else:
-            macs = config_complexity(load_config(c.config, c.cfg_options), shape).flops
+            macs = config_complexity(read_model_config(c.config, c.cfg_options), shape).flops
     except (ValueError, RuntimeError):
         return None
     return 2. * macs * batch_size

@@ -20,6 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..deploy.end2end import build_model, export_end2end
+from ..deploy.export import export_onnx
+from ..deploy.predictor import Prepared, load_predictor
+from ..deploy.runtimes import RuntimeModel
+from ..engine.runtime import task_scope
+from .machine_load import LoadMonitor
+
 RUNTIMES = ('onnxruntime', 'openvino')
 
 
@@ -78,11 +85,6 @@ def _eager_backbone(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> Call
 def build_rows(config: str, shape: Sequence[int], modes: Sequence[str], runtimes: bool,
                threads: int | None, workdir: Path) -> dict[str, Callable]:
     """label -> zero-argument callable, for one config at one (H, W)."""
-    from ..deploy.end2end import build_model, export_end2end
-    from ..deploy.export import export_onnx
-    from ..deploy.predictor import Prepared, load_predictor
-    from ..deploy.runtimes import RuntimeModel
-    from ..engine.runtime import task_scope
     torch.manual_seed(0)
     model, cfg = build_model(config)
     task = 'seg' if task_scope(cfg) == 'mmseg' else 'det'
@@ -157,7 +159,6 @@ def end2end_main(configs: Sequence[str], shapes: Sequence[Sequence[int]],
     if threads:
         torch.set_num_threads(threads)
     modes = [m for m in modes if m in ('fp32', 'bf16')] or ['fp32']
-    from .machine_load import LoadMonitor
     before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         medians = {}

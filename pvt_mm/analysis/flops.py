@@ -27,7 +27,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import arch_spec, build_backbone, check_arch
+from ..arch import check_arch
+from ..engine.runtime import build_from_config
+from ..models.backbones import build_pvt
+from .models import arch_spec, synthetic_batch
 
 aten = torch.ops.aten
 IMAGENET_CLASSES = 1000
@@ -252,7 +255,7 @@ def backbone_complexity(arch: str, shape: Sequence[int] = IMAGENET_SIZE,
     include it; the v1 class token and final norm are not modelled: < 0.5% of the total)."""
     arch = check_arch(arch)
     with params_on_meta():
-        model = build_backbone(arch, attn_mode=attn_mode).eval()
+        model = build_pvt(arch, attn_mode=attn_mode).eval()
     result = count_complexity(model, torch.empty(1, 3, *shape, device='meta'))
     if with_head:
         macs, params = imagenet_head_complexity(arch)
@@ -266,7 +269,6 @@ def config_complexity(cfg: Any, shape: Sequence[int]) -> Complexity:
     """Params and MACs of a config's detector / segmentor on one synthetic (3, H, W) image,
     as mmdet's and mmseg's get_flops tools measure it: the network forward in ``tensor`` mode
     after the config's data preprocessor (which may pad H and W), with real CPU tensors."""
-    from .models import build_from_config, synthetic_batch
     model = build_from_config(cfg).eval()
     data = model.data_preprocessor(synthetic_batch(model, cfg, shape), False)
     return count_complexity(model, data['inputs'], data['data_samples'], mode='tensor')

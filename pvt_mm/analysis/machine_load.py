@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..models.layers.threads import own_running_threads, runnable_tasks
+from ..models.fast.threads import own_running_threads, runnable_tasks
 
 IDLE_LOADAVG = 0.5  # 1-minute load average below which the machine counts as idle at the start
 BUSY_SHARE = 0.1  # more samples than this with another runnable task: not idle during the run

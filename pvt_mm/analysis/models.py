@@ -1,44 +1,28 @@
-"""The models the analysis tools measure.
+"""The models the analysis tools measure, beyond what :mod:`pvt_mm.engine.runtime` builds.
 
-Backbones by arch name (ours, and their peers: mmdet's built-in ``PyramidVisionTransformer(V2)``
-and timm's ``pvt_v2_*``), and whole detectors / segmentors built from an mmdet or mmseg config,
-with the backbone swapped between pvt_mm and mmdet's built-in where a peer exists.
+Our backbones' peers by arch name (mmdet's built-in ``PyramidVisionTransformer(V2)`` and timm's
+``pvt_v2_*``), configs with the backbone swapped between pvt_mm and mmdet's built-in where a peer
+exists (:func:`with_backbone_impl`), and synthetic data batches for whole models.
 """
 from __future__ import annotations
 
 import copy
-import difflib
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from mmengine.config import Config
-from mmengine.registry import MODELS, DefaultScope
 from torch import Tensor, nn
 
-from ..engine.runtime import config_scope, read_config
-from ..models.backbones.arch import ARCHS, OFFICIAL_ALIASES, OFFICIAL_NAMES, PVTArch
-from ..models.backbones.pvt import PVT, PVTv2, PyramidVisionTransformerBase
+from ..arch import ARCHS, OFFICIAL_ALIASES, PVTArch, check_arch
+from ..engine.runtime import config_scope
+from ..models.backbones import BACKBONES, build_pvt
 
 Impl = Literal['pvt_mm', 'mmdet', 'timm']
 MMDET_TYPES = {1: 'PyramidVisionTransformer', 2: 'PyramidVisionTransformerV2'}
-OUR_TYPES = {1: 'PVT', 2: 'PVTv2'}
 # backbone settings that mean the same in pvt_mm and mmdet's built-in
 SHARED_BACKBONE_KEYS = ('in_channels', 'out_indices', 'pretrain_img_size', 'drop_rate',
                         'attn_drop_rate', 'drop_path_rate', 'qkv_bias')
-
-
-def check_arch(arch: str) -> str:
-    """An ARCHS name or an official class name (``pvt_v2_b2``) -> the ARCHS name."""
-    name = OFFICIAL_NAMES.get(arch, arch)
-    if name not in ARCHS:
-        close = difflib.get_close_matches(arch, list(ARCHS) + list(OFFICIAL_NAMES), n=3)
-        hint = f' (did you mean {" or ".join(close)}?)' if close else ''
-        raise ValueError(f'unknown PVT arch {arch!r}{hint}; choose one of {sorted(ARCHS)} '
-                         'or an official name such as pvt_v2_b2')
-    return name
 
 
 def check_shape(values: Sequence[int]) -> tuple[int, int]:
@@ -46,13 +30,6 @@ def check_shape(values: Sequence[int]) -> tuple[int, int]:
     if len(values) not in (1, 2) or min(values) <= 0:
         raise ValueError(f'--shape takes one or two positive sizes (H [W]), got {list(values)}')
     return (values[0], values[-1])
-
-
-def build_backbone(arch: str, **kwargs: Any) -> PyramidVisionTransformerBase:
-    """pvt_mm's ``PVT`` / ``PVTv2`` for an arch name; kwargs go to the constructor."""
-    name = check_arch(arch)
-    cls = PVT if ARCHS[name].version == 1 else PVTv2
-    return cls(arch=name, **kwargs)
 
 
 def mmdet_backbone_cfg(arch: str) -> dict | None:
@@ -103,7 +80,7 @@ def build_peer_backbone(arch: str, impl: Impl, **kwargs: Any) -> nn.Module:
     """The backbone for ``arch`` from ``impl``; ValueError where that library has none."""
     name = check_arch(arch)
     if impl == 'pvt_mm':
-        return build_backbone(name, **kwargs)
+        return build_pvt(name, **kwargs)
     if impl == 'mmdet':
         peer = mmdet_backbone_cfg(name)
         if peer is None:
@@ -118,16 +95,7 @@ def build_peer_backbone(arch: str, impl: Impl, **kwargs: Any) -> nn.Module:
     raise ValueError(f'unknown implementation {impl!r}; choose pvt_mm, mmdet or timm')
 
 
-# ---- whole models from configs ---------------------------------------------------------------
-def load_config(path: str | Path, cfg_options: dict | None = None) -> Config:
-    """A detector / segmentor config (:func:`~pvt_mm.engine.runtime.read_config`) that has a
-    ``model.backbone``."""
-    cfg = read_config(path, cfg_options)
-    if 'model' not in cfg or 'backbone' not in cfg.model:
-        raise ValueError(f'config {str(path)!r} has no model.backbone')
-    return cfg
-
-
+# ---- configs with the other implementation's backbone ---------------------------------------
 def _type_name(backbone: dict) -> str:
     return str(backbone.get('type', '')).split('.')[-1]
 
@@ -138,14 +106,14 @@ def backbone_impl(cfg: Config) -> tuple[Impl | None, str | None]:
     t = _type_name(bb)
     if t in OFFICIAL_ALIASES:  # official class names, pvt_small_f4 included
         return 'pvt_mm', OFFICIAL_ALIASES[t][0]
-    if t in OUR_TYPES.values():  # without arch: the class default (PVT small, PVTv2 b2)
-        return 'pvt_mm', check_arch(bb.get('arch', (PVT if t == 'PVT' else PVTv2).default_arch))
+    if t in BACKBONES:  # without arch: the class default (PVT small, PVTv2 b2)
+        return 'pvt_mm', check_arch(bb.get('arch', BACKBONES[t].default_arch))
     if t in MMDET_TYPES.values():
         return 'mmdet', arch_of_mmdet_cfg(bb)
     return None, None
 
 
-def swap_backbone(cfg: Config, impl: Impl) -> Config | None:
+def with_backbone_impl(cfg: Config, impl: Impl) -> Config | None:
     """A copy of ``cfg`` whose PVT backbone comes from ``impl`` ('pvt_mm' or 'mmdet'), or
     None where that implementation has no such architecture. Pretrained init is dropped
     (benchmarks use random weights); out_indices, drop rates etc. are kept."""
@@ -164,41 +132,11 @@ def swap_backbone(cfg: Config, impl: Impl) -> Config | None:
         if config_scope(cfg) != 'mmdet':  # e.g. an mmseg model: name mmdet's registry
             new['type'] = f'mmdet.{new["type"]}'
     else:
-        new = dict(type=OUR_TYPES[ARCHS[arch].version], arch=arch)
+        new = dict(type=ARCHS[arch].backbone_type, arch=arch)
     new.update({k: old[k] for k in SHARED_BACKBONE_KEYS if k in old})
     out = copy.deepcopy(cfg)
     out.model.backbone = new
     return out
-
-
-def build_from_config(cfg: Config, init: bool = False) -> nn.Module:
-    """Detector / segmentor of ``cfg`` built in its scope, with random weights: the
-    constructors' default ones, or with ``init`` the model's own ``init_weights`` (heads with
-    their prior biases etc.) without the backbone's pretrained checkpoint."""
-    import pvt_mm  # noqa: F401  (our backbones, whatever the config imports)
-    use_scope(config_scope(cfg))
-    if init:
-        cfg = copy.deepcopy(cfg)
-        cfg.model.backbone.pop('init_cfg', None)
-    model = MODELS.build(cfg.model)
-    if init:
-        from mmengine.logging import MMLogger
-        logger = MMLogger.get_current_instance()
-        level = logger.level
-        logger.setLevel('WARNING')  # init_weights logs every parameter's initialiser
-        try:
-            model.init_weights()
-        finally:
-            logger.setLevel(level)
-    return model
-
-
-def use_scope(scope: str) -> None:
-    """Make ``scope`` mmengine's default scope (init_default_scope, without its warning when
-    a tool switches between mmdet and mmseg models)."""
-    current = DefaultScope.get_current_instance()
-    if current is None or current.scope_name != scope:
-        DefaultScope.get_instance(f'pvt_mm-{scope}-{time.perf_counter_ns()}', scope_name=scope)
 
 
 def synthetic_batch(model: nn.Module, cfg: Config, shape: Sequence[int], batch_size: int = 1,

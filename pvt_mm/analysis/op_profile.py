@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .models import build_backbone
+from ..models.backbones import build_pvt
 
 MATMUL_OPS = ('mkldnn::_linear_pointwise',)
 
@@ -42,7 +42,7 @@ def profile_backbone(arch: str, shape: tuple[int, int], mode: str = 'fp32',
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = build_backbone(arch).eval()
+    model = build_pvt(arch).eval()
     x = torch.randn(1, 3, *shape)
     autocast = (torch.autocast('cpu', dtype=torch.bfloat16) if mode == 'bf16'
                 else contextlib.nullcontext())

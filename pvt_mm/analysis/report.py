@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.layers import native
+from ..models.fast import native
 from .benchmark import Result
 
 HEADERS = ('model', 'mode', 'input', 'batch', 'latency ms', 'images/s', 'peak MiB',

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 from mmengine.config import Config
+from mmengine.registry import MODELS
 
+from ..engine.runtime import build_from_config, read_model_config, use_scope
 from .flops import count_complexity, count_params, params_on_meta
-from .models import build_from_config, load_config, synthetic_batch, use_scope
+from .models import synthetic_batch
 
 DET_SIZE = (800, 1333)  # mmdet's get_flops / the papers' detection figures (H, W)
 SEG_SIZE = (512, 512)  # mmseg's ADE20K crop
@@ -80,9 +82,7 @@ class _Features(torch.nn.Module):
 
 
 def _meta_model(cfg: Config) -> torch.nn.Module:
-    import pvt_mm  # noqa: F401
     use_scope(cfg.default_scope)
-    from mmengine.registry import MODELS
     with params_on_meta():
         return MODELS.build(copy.deepcopy(cfg.model)).eval()  # builders edit their cfg
 
@@ -112,7 +112,7 @@ def config_entry(path: str | Path, shape: Sequence[int] | None = None, flops: bo
     """Parameters and (optionally) GFLOPs of one config at ``shape`` (default: the standard
     input of its task). ``head_cache`` keeps the heads' [MACs, measured by a real forward]
     per distinct head."""
-    cfg = load_config(path)
+    cfg = read_model_config(path)
     shape = tuple(shape or standard_shape(cfg))
     key = _head_key(cfg, shape)
     model = _meta_model(cfg)
@@ -155,7 +155,7 @@ def zoo_table(paths: Iterable[str | Path], flops: bool = True, cache: str | Path
     heads: dict[str, list] = stored.setdefault('_heads', {})
     out = []
     for path in paths:
-        resolved = json.dumps(load_config(path).to_dict(), sort_keys=True, default=str)
+        resolved = json.dumps(read_model_config(path).to_dict(), sort_keys=True, default=str)
         text = hashlib.sha256(resolved.encode()).hexdigest()
         hit = stored.get(Path(path).name)
         if hit and hit['source'] == text and (hit['gflops'] is not None or not flops):

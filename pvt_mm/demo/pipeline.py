@@ -21,6 +21,7 @@ from pathlib import Path
 from mmengine.hooks import Hook
 
 from ..engine.checkpoint_io import latest_checkpoint
+from ..engine.runtime import build_runner, load_config
 from .dataset import DemoDataSpec, make_demo_data
 from .plan import (TARGET_MIOU, VAL_POINTS, Plan, Speed, Work, det_seconds, measure_speed,
                    plan_demo, replan_seg)
@@ -136,8 +137,9 @@ def _pictures(name: str, runner, work_dir: Path) -> list[str]:
     """Ground truth | prediction for a few validation images, and the training curve."""
     from mmengine.runner import EpochBasedTrainLoop
 
-    from pvt_mm.visualization.predictions import (draw_val_predictions, plot_training_curve,
-                                                  read_scalars)
+    # in-function: the prediction pictures import mmdet and mmseg (each optional)
+    from ..visualization.predictions import (draw_val_predictions, plot_training_curve,
+                                             read_scalars)
     out = work_dir / 'pictures'
     paths = draw_val_predictions(runner, out, PICTURES)[-1:]  # the stacked picture
     scale = (len(runner.train_dataloader)
@@ -163,7 +165,6 @@ def curve_title(name: str, records: list[dict]) -> str:
 
 def _train_and_test(name: str, config: str, work_dir: Path, length: int | None,
                     metric_keys: dict[str, str], val_points: int = VAL_POINTS) -> StageResult:
-    from pvt_mm.engine.runtime import build_runner, load_config
     _banner(f'{name}: train and validate  ({config})')
     start = time.perf_counter()
     cfg = load_config(config, None, str(work_dir))
@@ -225,7 +226,6 @@ def _plan(args: argparse.Namespace, elapsed: float) -> tuple[Plan, Speed | None]
                  VAL_POINTS, not args.skip_seg, math.nan)
     if args.time_budget <= 0 or args.det_epochs or args.seg_iters:
         return fixed, None
-    from pvt_mm.engine.runtime import load_config
     _banner('timing a few iterations of each stage')
     start = time.perf_counter()
     probe_dir = Path(args.work_dir) / 'speed_probe'

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..engine.runtime import build_runner
+
 VAL_POINTS = 3  # validations over training (the curve's points); the last gives the metrics
 # cost of one validation pass over the 100 demo images, in training iterations of that stage
 DET_VAL_ITERS = 10.0
@@ -181,8 +183,6 @@ def _step_times(cfg: Any, iters: int) -> list[float]:
     data loader, optimizer), through an mmengine Runner with an iteration loop and no
     validation, checkpoints or logs."""
     from mmengine.hooks import Hook
-
-    from pvt_mm.engine.runtime import build_runner
 
     marks: list[float] = []
 

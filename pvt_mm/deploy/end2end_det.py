@@ -4,8 +4,8 @@
 computes what ``model.predict(..., rescale=False)`` computes, with ops that trace to standard
 ONNX at any input size:
 
-1. :class:`Preprocess`: the config's ``data_preprocessor`` (BGR -> RGB if set, (x - mean) / std,
-   zero padding at the bottom / right to ``pad_size_divisor``);
+1. :class:`~.common.Preprocess`: the config's ``data_preprocessor`` (BGR -> RGB if set,
+   (x - mean) / std, zero padding at the bottom / right to ``pad_size_divisor``);
 2. backbone, neck, head (``model.extract_feat``, ``bbox_head(...)``);
 3. per FPN level as mmdet's ``_predict_by_feat_single``: class scores (sigmoid, or softmax less
    the background column), the top ``nms_pre`` (prior, class) pairs of the flattened scores,
@@ -20,90 +20,22 @@ label -1). The input is one image, batch 1.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .ops import dynamic_size, multiclass_nms, pad_to_divisor
-
-DET_OUTPUTS = ('num_dets', 'boxes', 'scores', 'labels')
-
-
-class Preprocess(nn.Module):
-    """mmdet's / mmseg's data preprocessor on one image: (1, 3, H, W) float, channels in the
-    loaded order (BGR from cv2 / mmcv) -> normalised, padded (1, 3, H', W')."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], bgr_to_rgb: bool,
-                 size_divisor: int = 1, pad_value: float = 0.) -> None:
-        super().__init__()
-        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.bgr_to_rgb, self.size_divisor, self.pad_value = bgr_to_rgb, size_divisor, pad_value
-
-    @classmethod
-    def from_model(cls, model: nn.Module) -> 'Preprocess':
-        pre = model.data_preprocessor
-        if not getattr(pre, '_enable_normalize', False):
-            raise ValueError(f'{type(pre).__name__} does not normalise (no mean / std)')
-        divisor = getattr(pre, 'pad_size_divisor', None)
-        if divisor is None:  # mmseg: padding at test time only through its test_cfg
-            divisor = (getattr(pre, 'test_cfg', None) or {}).get('size_divisor') or 1
-        bgr_to_rgb = getattr(pre, '_channel_conversion', getattr(pre, 'channel_conversion', 0))
-        return cls(pre.mean.flatten().tolist(), pre.std.flatten().tolist(), bool(bgr_to_rgb),
-                   int(divisor), float(getattr(pre, 'pad_value', getattr(pre, 'pad_val', 0))))
-
-    def forward(self, image: Tensor) -> Tensor:
-        if self.bgr_to_rgb:
-            image = image[:, [2, 1, 0]]
-        return pad_to_divisor((image - self.mean) / self.std, self.size_divisor, self.pad_value)
-
-
-def grid_anchors(base: Tensor, feat: Tensor, stride: Sequence[float], offset: float) -> Tensor:
-    """mmdet's ``AnchorGenerator.single_level_grid_priors``: (A, 4) base anchors on the
-    (H, W) grid of ``feat`` -> (H * W * A, 4), locations row-major, anchors inner."""
-    h, w = dynamic_size(feat)
-    xs = (torch.arange(w, dtype=torch.float32) + offset) * stride[0]
-    ys = (torch.arange(h, dtype=torch.float32) + offset) * stride[1]
-    yy, xx = torch.meshgrid(ys, xs, indexing='ij')
-    xx, yy = xx.reshape(-1), yy.reshape(-1)
-    shifts = torch.stack([xx, yy, xx, yy], -1)
-    return (shifts[:, None, :] + base[None]).reshape(-1, 4)
+from .common import End2EndModule, Preprocess, clip_boxes, delta2bbox, grid_anchors
+from .ops import dynamic_len, dynamic_size, multiclass_nms, size_dims
 
 
 def grid_points(feat: Tensor, stride: Sequence[float], offset: float) -> Tensor:
     """mmdet's ``MlvlPointGenerator.single_level_grid_priors``: (H * W, 2) x, y."""
-    h, w = dynamic_size(feat)
+    h, w = size_dims(feat)
     xs = (torch.arange(w, dtype=torch.float32) + offset) * stride[0]
     ys = (torch.arange(h, dtype=torch.float32) + offset) * stride[1]
     yy, xx = torch.meshgrid(ys, xs, indexing='ij')
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
-
-
-def clip_boxes(boxes: Tensor, height: Tensor, width: Tensor) -> Tensor:
-    """Clamp x to [0, width], y to [0, height] (sizes as run-time tensors)."""
-    x = torch.minimum(boxes[:, 0::2].clamp(min=0), width.to(boxes.dtype))
-    y = torch.minimum(boxes[:, 1::2].clamp(min=0), height.to(boxes.dtype))
-    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], -1)
-
-
-def delta2bbox(priors: Tensor, deltas: Tensor, means: Sequence[float], stds: Sequence[float],
-               wh_ratio_clip: float = 16 / 1000, ctr_clamp: float | None = None) -> Tensor:
-    """mmdet's ``DeltaXYWHBBoxCoder.decode`` (before clipping): (N, 4) anchors + deltas."""
-    d = deltas * deltas.new_tensor(stds) + deltas.new_tensor(means)
-    pxy = (priors[:, :2] + priors[:, 2:]) * 0.5
-    pwh = priors[:, 2:] - priors[:, :2]
-    dxy_wh = pwh * d[:, :2]
-    max_ratio = abs(math.log(wh_ratio_clip))
-    if ctr_clamp is not None:
-        dxy_wh = dxy_wh.clamp(min=-ctr_clamp, max=ctr_clamp)
-        dwh = d[:, 2:].clamp(max=max_ratio)
-    else:
-        dwh = d[:, 2:].clamp(min=-max_ratio, max=max_ratio)
-    gxy = pxy + dxy_wh
-    gwh = pwh * dwh.exp()
-    return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], -1)
 
 
 def distance2bbox(points: Tensor, distance: Tensor) -> Tensor:
@@ -131,7 +63,7 @@ def dense_head_kind(head: nn.Module) -> str:
                      f'{type(coder).__name__} is not supported')
 
 
-class End2EndDetector(nn.Module):
+class End2EndDetector(End2EndModule):
     """Single-stage mmdet detector + its preprocessing and postprocessing (module docstring).
 
     forward: (1, 3, H, W) float32 image (0-255, loaded channel order) -> num_dets, boxes,
@@ -197,7 +129,7 @@ class End2EndDetector(nn.Module):
             flat, idx = torch.cat([flat, flat.new_zeros(self.nms_pre)]).topk(self.nms_pre)
         else:
             idx = torch.arange(flat.shape[0])
-        n = torch.onnx.operators.shape_as_tensor(scores)[0]
+        n = dynamic_len(scores)
         prior_idx = torch.minimum(idx // C, n - 1)
         labels = idx % C
         valid = flat > self.score_thr

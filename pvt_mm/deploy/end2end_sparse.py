@@ -3,12 +3,12 @@
 :class:`End2EndSparseRCNN` computes what mmdet's ``SparseRCNN.predict(..., rescale=False)``
 computes, with no NMS anywhere:
 
-1. :class:`~.end2end_det.Preprocess`, backbone, neck (``model.extract_feat``);
+1. :class:`~.common.Preprocess`, backbone, neck (``model.extract_feat``);
 2. ``EmbeddingRPNHead``: the learnt proposal boxes (cx, cy, w, h in [0, 1]) as x1 y1 x2 y2
    scaled by the unpadded image size (w, h, w, h), read from the input's shape at run time;
    the learnt proposal features as the initial object features (1, P, C);
 3. per stage ``s``: RoI features of the current boxes (ONNX ``RoiAlign`` per FPN level,
-   :class:`~.end2end_twostage.RoIFeatures`), the stage's ``DIIHead`` itself (self-attention
+   :class:`~.common.RoIFeatures`), the stage's ``DIIHead`` itself (self-attention
    over the proposals, dynamic instance-interactive conv, FFN, class / box branches) on them
    and the object features, then the boxes refined as ``BBoxHead.refine_bboxes`` /
    ``regress_by_class``: the class-agnostic deltas decoded from the current boxes with the
@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .end2end_det import Preprocess, clip_boxes, delta2bbox
-from .end2end_twostage import RoIFeatures, head_problems, refuse
+from .common import (End2EndModule, Preprocess, RoIFeatures, clip_boxes, delta2bbox,
+                     head_problems, refuse)
 from .ops import dynamic_size
 
 
@@ -55,7 +55,7 @@ def sparse_problems(model: nn.Module) -> list[str]:
     return problems
 
 
-class End2EndSparseRCNN(nn.Module):
+class End2EndSparseRCNN(End2EndModule):
     """Sparse R-CNN + preprocessing + postprocessing (module docstring).
 
     forward: (1, 3, H, W) float32 image (0-255, loaded channel order) -> num_dets (1,),

@@ -4,14 +4,12 @@ with a ``CascadeRoIHead``) as one graph.
 :class:`End2EndTwoStage` computes what mmdet's ``TwoStageDetector.predict`` computes; a
 ``StandardRoIHead`` is a cascade of one stage:
 
-1. :class:`~.end2end_det.Preprocess`, backbone, neck;
+1. :class:`~.common.Preprocess`, backbone, neck;
 2. RPN as ``RPNHead._predict_by_feat_single``: per level the top ``nms_pre`` anchors by
    objectness, deltas decoded and clipped, boxes of width or height <= ``min_bbox_size``
    dropped, NMS per level (ONNX ``NonMaxSuppression``), the best ``max_per_img`` proposals;
-3. RoI features as ``SingleRoIExtractor``: each RoI's level from its scale
-   (floor(log2(sqrt(w h) / finest_scale + 1e-6)), clamped), ONNX ``RoiAlign`` per level on the
-   RoIs of that level (one dummy RoI appended and dropped so that an empty level still runs),
-   the per-level results put back in RoI order;
+3. RoI features as ``SingleRoIExtractor`` (:class:`~.common.RoIFeatures`: ONNX ``RoiAlign``
+   per FPN level);
 4. per stage its bbox head on the current RoIs; before each later stage the RoIs are refined
    as ``BBoxHead.regress_by_class`` (the deltas of each RoI's arg-max foreground class when the
    regression is class-specific, decoded with the stage's coder, clipped); the stages' class
@@ -30,8 +28,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .end2end_det import Preprocess, clip_boxes, delta2bbox, grid_anchors
-from .ops import RoIAlign, dynamic_size, multiclass_nms, nms_keep
+from .common import (End2EndModule, Preprocess, RoIFeatures, clip_boxes, delta2bbox,
+                     grid_anchors, head_problems, refuse)
+from .ops import dynamic_len, dynamic_size, multiclass_nms, nms_keep
 
 
 def rpn_problems(model: nn.Module) -> list[str]:
@@ -44,31 +43,6 @@ def rpn_problems(model: nn.Module) -> list[str]:
         if (cfg.get('nms') or {}).get('type', 'nms') != 'nms':
             problems.append(f"nms type {cfg['nms']['type']!r} (only 'nms')")
     return problems
-
-
-def head_problems(extractors: dict[str, nn.Module | None], bbox_head: nn.Module,
-                  mask_head: nn.Module | None) -> list[str]:
-    """What the graph cannot reproduce in one stage's RoI extractors, bbox and mask heads."""
-    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
-    from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
-    problems = []
-    for name, ext in extractors.items():
-        if ext is not None and type(ext) is not SingleRoIExtractor:
-            problems.append(f'{name} {type(ext).__name__} (SingleRoIExtractor only)')
-    if not isinstance(bbox_head.bbox_coder, DeltaXYWHBBoxCoder):
-        problems.append(f'bbox coder {type(bbox_head.bbox_coder).__name__}')
-    if getattr(bbox_head, 'custom_cls_channels', False) or \
-            getattr(bbox_head, 'custom_activation', False):
-        problems.append('custom classification channels / activation')
-    if mask_head is not None and mask_head.class_agnostic:
-        problems.append('class-agnostic mask head')
-    return problems
-
-
-def refuse(model: nn.Module, problems: list[str]) -> None:
-    if problems:
-        raise ValueError(f'{type(model).__name__}: not exported end to end: ' +
-                         '; '.join(problems))
 
 
 def roi_stages(roi: nn.Module) -> list[tuple] | None:
@@ -87,38 +61,7 @@ def roi_stages(roi: nn.Module) -> list[tuple] | None:
     return None
 
 
-class RoIFeatures(nn.Module):
-    """mmdet's ``SingleRoIExtractor`` with ONNX ``RoiAlign``: feats (levels of (1, C, h, w)),
-    rois (n, 4) -> (n, C, out, out)."""
-
-    def __init__(self, extractor: nn.Module) -> None:
-        super().__init__()
-        layer = extractor.roi_layers[0]
-        if not getattr(layer, 'aligned', True) or getattr(layer, 'pool_mode', 'avg') != 'avg':
-            raise ValueError('RoIAlign with aligned=False or max pooling is not exported')
-        self.out_h, self.out_w = layer.output_size
-        self.sampling_ratio = int(layer.sampling_ratio)
-        self.scales = [float(s) for s in (1 / torch.tensor(extractor.featmap_strides,
-                                                           dtype=torch.float64)).tolist()]
-        self.finest_scale = float(extractor.finest_scale)
-
-    def forward(self, feats: list[Tensor], rois: Tensor) -> Tensor:
-        num_levels = len(self.scales)
-        scale = torch.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
-        levels = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
-        levels = levels.clamp(min=0, max=num_levels - 1).long()
-        order, parts = [], []
-        for i in range(num_levels):
-            idx = torch.nonzero(levels == i).reshape(-1)
-            level_rois = torch.cat([rois[idx], rois.new_zeros((1, 4))])  # never empty
-            out = RoIAlign.apply(feats[i], level_rois, torch.zeros_like(level_rois[:, 0]).long(),
-                                 self.out_h, self.out_w, self.scales[i], self.sampling_ratio)
-            order.append(idx)
-            parts.append(out[:-1])
-        return torch.cat(parts)[torch.cat(order).argsort()]
-
-
-class End2EndTwoStage(nn.Module):
+class End2EndTwoStage(End2EndModule):
     """Faster / Mask / Cascade (Mask) R-CNN + preprocessing + postprocessing (module
     docstring).
 
@@ -187,7 +130,7 @@ class End2EndTwoStage(nn.Module):
             anchors = grid_anchors(getattr(self, f'base_anchors{i}'), cls, self.strides[i],
                                    self.offset)
             if self.rpn_pre > 0:  # padded so that topk(nms_pre) exists at any size
-                n = torch.onnx.operators.shape_as_tensor(score)[0]
+                n = dynamic_len(score)
                 score, idx = torch.cat([score, score.new_zeros(self.rpn_pre)]).topk(self.rpn_pre)
                 idx = torch.minimum(idx, n - 1)
                 deltas, anchors = deltas[idx], anchors[idx]

@@ -7,10 +7,16 @@ the test pipeline yields (so the pipeline's own resize is the one evaluated)."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 from mmengine.config import DictAction
+from pvt_mm_runtime.checks import checked_metadata
 
+from ..engine.cli import run_tool
+from ..engine.config_check import check_data_config
+from ..engine.runtime import build_runner, load_config
+from .infer import DeployedModel
 from .runtimes import PRECISIONS, RUNTIMES
 
 
@@ -28,15 +34,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def test_onnx(config: str, model: str, runtime: str = 'onnxruntime', precision: str = 'fp32',
               work_dir: str | None = None, cfg_options: dict | None = None) -> dict:
     """The config's evaluator on ``model``; returns the metrics."""
-    import os
-
-    from ..engine.config_check import check_data_config
-    from ..engine.runtime import build_runner, load_config
-    from .infer import DeployedModel
-    from .predictor import read_metadata
     if not os.path.isfile(model):
         raise FileNotFoundError(f'model not found: {model}')
-    meta = read_metadata(model)
+    meta = checked_metadata(model)
     cfg = load_config(config, cfg_options, work_dir)
     check_data_config(cfg, 'test')
     deployed = DeployedModel(model, runtime, precision)
@@ -58,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def tool(argv: Sequence[str] | None = None) -> int:
     """``tools/test.py CONFIG MODEL.onnx``: :func:`main`, user errors as one message."""
-    from ..engine.cli import run_tool
-
     def run(args: list[str]) -> int:
         metrics = main(args)
         print({k: float(v) if hasattr(v, 'item') else v for k, v in metrics.items()})

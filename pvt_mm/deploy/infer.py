@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .predictor import DetPredictor, DetResult, SegPredictor, load_predictor
+from ..visualization.inference import collect_images
+from .predictor import (DetPredictor, DetResult, Prepared, SegPredictor, load_predictor,
+                        read_image)
 
 
 def det_sample(result: DetResult, metainfo: dict | None = None) -> Any:
@@ -37,15 +39,16 @@ def seg_sample(label_map: np.ndarray, metainfo: dict | None = None) -> Any:
 
 
 def _visualizer(predictor: Any) -> Any:
+    """The PyTorch route's visualizers (labels that do not cover each other, background kept)."""
+    # in-function: the visualizers import mmdet and mmseg (each optional)
+    from ..visualization.visualizers import ReadableDetVisualizer, ReadableSegVisualizer
     meta = dict(classes=tuple(predictor.classes), palette=[tuple(c) for c in predictor.palette])
     name = f'pvt_mm_deploy_{uuid.uuid4().hex[:8]}'  # mmengine keeps instances by name
     if predictor.task == 'det':
-        from mmdet.visualization import DetLocalVisualizer
-        vis = DetLocalVisualizer(name=name)
+        vis = ReadableDetVisualizer(name=name)
         vis.dataset_meta = meta
     else:
-        from mmseg.visualization import SegLocalVisualizer
-        vis = SegLocalVisualizer(name=name, alpha=0.8)
+        vis = ReadableSegVisualizer(name=name, alpha=0.8)
         vis.set_dataset_meta(meta['classes'], meta['palette'])
     return vis
 
@@ -59,7 +62,6 @@ def infer_onnx(source: str | os.PathLike, model: str | os.PathLike, out_dir: str
     import mmengine
     from PIL import Image
 
-    from ..visualization.inference import collect_images
     images = collect_images(source)
     predictor = load_predictor(model, runtime)
     vis = _visualizer(predictor)
@@ -94,7 +96,6 @@ def infer_onnx(source: str | os.PathLike, model: str | os.PathLike, out_dir: str
 
 
 def _read_rgb(path: str) -> np.ndarray:
-    from .predictor import read_image
     return np.ascontiguousarray(read_image(path)[:, :, ::-1])
 
 
@@ -109,7 +110,6 @@ class DeployedModel(torch.nn.Module):
         self.predictor = load_predictor(path, runtime, precision)
 
     def test_step(self, data: dict) -> list:
-        from .predictor import Prepared
         out = []
         for image, sample in zip(data['inputs'], data['data_samples']):
             x = image.detach().float().cpu().numpy()[None]

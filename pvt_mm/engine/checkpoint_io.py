@@ -4,14 +4,14 @@ mmengine 0.10.7 behaviour overridden here, for runners built by
 :func:`pvt_mm.engine.runtime.build_runner` only (nothing process-wide):
 
 - ``Runner.load_checkpoint`` (used by ``load_from``, ``--resume`` and ``tools/test.py``)
-  reads through :func:`pvt_mm.checkpoint.read_checkpoint` (``weights_only=True`` with the
-  Runner-checkpoint allow-list scoped to that one load; ``.safetensors`` by content; errors
+  reads through :func:`pvt_mm.loading.checkpoint.read_checkpoint` (``weights_only`` with the
+  Runner-checkpoint allow-list of that one load; ``.safetensors`` by content; errors
   name the file) and, unless the config sets ``load_from_strict=False``, refuses a state dict
   that does not match the model instead of warning and running with random weights;
 - ``Runner.resume`` names a file without training state (weights only) instead of a bare
   ``KeyError: 'meta'``;
 - ``Runner.save_checkpoint`` writes to a temporary file beside the target and renames it into
-  place once complete (:func:`pvt_mm.checkpoint.atomic_path`);
+  place once complete (:func:`pvt_mm.loading.checkpoint.atomic_path`);
 - :class:`AtomicCheckpointHook` replaces the stock ``CheckpointHook``: with
   ``max_keep_ckpts`` it deletes the oldest checkpoint only after the new one is complete, and
   writes ``last_checkpoint`` atomically.
@@ -34,12 +34,12 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from ..checkpoint import (CheckpointError, atomic_path, model_name, read_checkpoint,
-                          remove_stale_temp_files, runner_checkpoint_globals,
-                          state_dict_problems)
-from ..safe_pickle import materialize
+from ..loading.checkpoint import (CheckpointError, atomic_path, hub_checkpoint_dir, model_name,
+                                  read_checkpoint, remove_stale_temp_files,
+                                  state_dict_problems)
+from ..loading.state_check import check_dense
 
 __all__ = ['AtomicCheckpointHook', 'harden_runner', 'use_atomic_checkpoint_hook',
            'read_runner_checkpoint', 'check_checkpoint_file', 'check_model_checkpoint',
@@ -86,12 +86,36 @@ def latest_checkpoint(work_dir: str | os.PathLike) -> str | None:
     return str(path)
 
 
+def _local_copy(url: str) -> Path:
+    """A remote checkpoint as a local file: http(s) in the torch hub cache (downloaded there
+    once, as mmengine's ``load_from_http`` does); other mmengine schemes into a temporary
+    file. It is then read like any local file."""
+    import tempfile
+    from urllib.parse import urlparse
+    if urlparse(url).scheme in ('http', 'https'):
+        import torch
+        target = hub_checkpoint_dir() / Path(urlparse(url).path).name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+        return target
+    from mmengine.fileio import get
+    data = get(url)
+    with tempfile.NamedTemporaryFile(suffix='.pth', delete=False) as f:
+        f.write(data)
+    return Path(f.name)
+
+
 def read_runner_checkpoint(filename: str, map_location: Any = 'cpu') -> Mapping[str, Any]:
-    """A local file through :func:`read_checkpoint`; URLs and mmengine's other schemes
-    through mmengine's loader, with the Runner-checkpoint allow-list scoped to that load."""
+    """A checkpoint through :func:`read_checkpoint` (a remote one from its local copy,
+    :func:`_local_copy`); anything but a checkpoint dict raises CheckpointError."""
     if REMOTE.match(str(filename)):
-        with runner_checkpoint_globals():
-            checkpoint = materialize(_load_checkpoint(filename, map_location=map_location))
+        local = _local_copy(str(filename))
+        try:
+            checkpoint = read_checkpoint(local, map_location=map_location)
+        finally:
+            if local.parent != hub_checkpoint_dir():  # a temporary copy
+                local.unlink(missing_ok=True)
     else:
         check_checkpoint_file(filename, 'checkpoint')
         checkpoint = read_checkpoint(filename, map_location=map_location)
@@ -121,9 +145,10 @@ def check_model_checkpoint(model: Any, checkpoint: Mapping[str, Any], filename: 
     """Compare the checkpoint's state dict with ``model``'s: a mismatch raises
     CheckpointError naming the file, the model, the backbone variant and the first missing,
     unexpected and mis-shaped keys (``strict=False``: a warning, for intentional partial
-    loads)."""
-    problems = state_dict_problems(model.state_dict(),
-                                   _revised_state_dict(checkpoint, revise_keys))
+    loads); a value without dense data (meta, sparse, quantized) always raises."""
+    expected, state_dict = model.state_dict(), _revised_state_dict(checkpoint, revise_keys)
+    check_dense(state_dict, filename, expected)  # strict or not: never a silent random init
+    problems = state_dict_problems(expected, state_dict)
     if not problems:
         return
     summary = (f'{filename} does not match the model ({_describe_model(model)}): '

@@ -12,6 +12,9 @@ from typing import Any
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from ..arch import OFFICIAL_NAMES
+from ..loading.checkpoint import resolve_checkpoint
+from ..loading.errors import CheckpointError
 from .checkpoint_io import check_checkpoint_file
 from .config_check import check_data_config
 from .runtime import build_runner, enable_amp, load_config, set_resume, task_scope
@@ -35,7 +38,6 @@ class InputsMissing(FileNotFoundError):
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input (missing files or data, a wrong checkpoint, a bad
     argument or config value): shown as their message, without a traceback."""
-    from pvt_mm.convert import CheckpointError
     return (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
             CheckpointError, ValueError, TypeError)
 
@@ -66,7 +68,6 @@ def run_tool(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
 
 def _pvt_backbones(node: Any) -> Iterator[Mapping[str, Any]]:
     """Every pvt_mm backbone dict (``type`` PVT / PVTv2 / an official name) inside ``node``."""
-    from pvt_mm.models.backbones import OFFICIAL_NAMES
     names = {'PVT', 'PVTv2', *OFFICIAL_NAMES}
     if isinstance(node, Mapping):
         if node.get('type') in names:
@@ -81,7 +82,6 @@ def _pvt_backbones(node: Any) -> Iterator[Mapping[str, Any]]:
 def pretrained_problems(cfg: Config | Mapping[str, Any]) -> list[str]:
     """The ``Pretrained`` checkpoints (and ``pretrained=`` paths) of the config's pvt_mm
     backbones that cannot be found locally or in the torch hub cache (one message each)."""
-    from pvt_mm.checkpoint import resolve_checkpoint
     sources: list[str] = []
     for backbone in _pvt_backbones(cfg.get('model')):
         inits = backbone.get('init_cfg')
@@ -98,6 +98,28 @@ def pretrained_problems(cfg: Config | Mapping[str, Any]) -> list[str]:
         except FileNotFoundError as e:
             problems.append(str(e))
     return problems
+
+
+def complete_init_cfgs(cfg: Config) -> None:
+    """``--cfg-options model.backbone.init_cfg.checkpoint=FILE`` on a backbone whose
+    ``init_cfg`` was None leaves ``init_cfg=dict(checkpoint=FILE)``, which mmengine fails on
+    (``KeyError: 'type'``) after building everything: such a dict becomes a ``Pretrained``
+    init (the README's advice); a typeless ``init_cfg`` without a checkpoint is an error
+    naming it, before anything is built."""
+    model = cfg.get('model')
+    if not isinstance(model, Mapping):
+        return
+    for where, sub in (('model', model), *((f'model.{k}', model.get(k))
+                                           for k in ('detector', 'reid'))):
+        backbone = sub.get('backbone') if isinstance(sub, Mapping) else None
+        init = backbone.get('init_cfg') if isinstance(backbone, Mapping) else None
+        if not isinstance(init, Mapping) or 'type' in init:
+            continue
+        if 'checkpoint' not in init:
+            raise ValueError(f'{where}.backbone.init_cfg={dict(init)} has no type; give '
+                             f'{where}.backbone.init_cfg.checkpoint=FILE (a Pretrained init) '
+                             "or a type, e.g. init_cfg.type='Pretrained'")
+        init['type'] = 'Pretrained'
 
 
 def check_inputs(cfg: Config, mode: str, checkpoint: str | None = None) -> None:
@@ -175,6 +197,7 @@ def parse_test_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def train_config(args: argparse.Namespace) -> Config:
     """The training config for parsed ``tools/train.py`` arguments."""
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    complete_init_cfgs(cfg)
     if args.amp:
         enable_amp(cfg)
     set_resume(cfg, args.resume)
@@ -198,6 +221,7 @@ def _show_predictions(cfg: Config, scope: str, show_dir: str) -> None:
 def test_config(args: argparse.Namespace) -> Config:
     """The testing config for parsed ``tools/test.py`` arguments (loads ``args.checkpoint``)."""
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    complete_init_cfgs(cfg)
     check_inputs(cfg, 'test', args.checkpoint)  # the checkpoint and the data, at once
     cfg.load_from = args.checkpoint
     scope = task_scope(cfg)

@@ -14,6 +14,10 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
+from mmengine.registry import MODELS
+
+from ..arch import OFFICIAL_ALIASES
+from ..models.backbones import PVT, PVTv2
 
 DATA_DOC = 'README.md#data-preparation'
 LOADERS = {'train': ('train_dataloader', 'val_dataloader'), 'test': ('test_dataloader',)}
@@ -22,15 +26,12 @@ HEADS = ('decode_head', 'auxiliary_head')
 
 def _pvt_class(type_name: Any) -> Any:
     """The pvt_mm class or official-name builder registered as ``type_name``, else None."""
-    from ..models.backbones import PVT, PVTv2
-    from ..models.backbones.arch import OFFICIAL_ALIASES
     if isinstance(type_name, type) and issubclass(type_name, (PVT, PVTv2)):
         return type_name
     if not isinstance(type_name, str):
         return None
     name = type_name.rsplit('.', 1)[-1]  # 'mmdet.PVTv2' -> 'PVTv2'
     if name in ('PVT', 'PVTv2') or name in OFFICIAL_ALIASES:
-        from mmengine.registry import MODELS
         return MODELS.get(name)
     return None
 
@@ -152,3 +153,28 @@ def check_data_config(cfg: Config | Mapping[str, Any], mode: str) -> None:
                         f'{loader}: the dataset\'s {what} {path} does not exist '
                         f'(data_root={root!r}, {key}={rel!r}); see {DATA_DOC} for where to '
                         'put the data')
+
+
+def stock_config_hint(name: str) -> str:
+    """For a missing ``pkg::folder/file.py`` (or the installed path mmengine names for it):
+    ``'; did you mean pkg::...?'`` with the package's configs nearest to it (difflib over
+    the folder's files, else over all), or ``''``."""
+    import difflib
+    import re
+    from pathlib import Path
+    match = re.search(r'(\w+)::(.+)$', name) or re.search(
+        r'/(mmdet|mmseg)/\.mim/configs/(.+)$', name)
+    if not match:
+        return ''
+    package, rel = match.groups()
+    try:
+        from mmengine.utils import get_installed_path
+        root = Path(get_installed_path(package)) / '.mim' / 'configs'
+    except Exception:  # not installed: nothing to suggest
+        return ''
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob('*.py')
+                   if '_base_' not in p.parts)
+    folder = rel.rsplit('/', 1)[0] if '/' in rel else ''
+    same = [n for n in names if n.startswith(folder + '/')] if folder else []
+    near = difflib.get_close_matches(rel, same or names, n=3, cutoff=0.6) or same[:3]
+    return f'; did you mean {", ".join(f"{package}::{n}" for n in near)}?' if near else ''

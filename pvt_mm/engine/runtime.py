@@ -1,6 +1,19 @@
-"""Runner set-up shared by ``tools/train.py``, ``tools/test.py``, ``tools/demo.py`` and tests.
+"""Config reading, model building and runner set-up: the one place the tools, ``deploy``,
+``visualization`` and ``analysis`` read mmdet / mmseg configs and build models from them.
 
-It follows mmdet's and mmseg's own tools (same config handling, same Runner) and adds:
+- configs: :func:`read_config` (a file, ``--cfg-options`` checked and merged),
+  :func:`read_model_config` (one that has a ``model.backbone``), :func:`load_config` (for a
+  run: work_dir, launcher, device, the model checked before any data), :func:`config_scope` /
+  :func:`task_scope` / :func:`use_scope`;
+- models: :func:`build_from_config` (a detector / segmentor with random weights); backbones by
+  variant name are :func:`pvt_mm.models.backbones.build_pvt`;
+- runners: :func:`build_runner`.
+
+Importing any pvt_mm module runs ``pvt_mm/__init__.py`` first, which registers the backbones
+(whatever a config's ``custom_imports`` say); nothing here imports the facade again.
+
+The runner set-up follows mmdet's and mmseg's own tools (same config handling, same Runner)
+and adds:
 
 - the task's scope (``mmdet`` or ``mmseg``) taken from the config's ``default_scope``;
 - CPU-only machines: distributed runs use gloo, DDP without device ids and SyncBN as
@@ -12,24 +25,30 @@ It follows mmdet's and mmseg's own tools (same config handling, same Runner) and
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import inspect
 import logging
 import os.path as osp
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
+from mmengine.registry import MODELS, DefaultScope
 from mmengine.runner import Runner
+from torch import nn
 
-from ..checkpoint import remove_stale_temp_files
+from ..loading.checkpoint import remove_stale_temp_files
 from .checkpoint_io import (LAST_CHECKPOINT, STRICT_KEY, check_checkpoint_file, harden_runner,
                             latest_checkpoint, use_atomic_checkpoint_hook)
+from .config_check import check_model_config, stock_config_hint
 from .cpu import CPU_DIST_BACKEND, init_cpu_process_group
+from .resume import enable_exact_resume
 
 SCOPES = ('mmdet', 'mmseg')
 DEFAULT_WRAPPER = 'MMDistributedDataParallel'
@@ -79,8 +98,15 @@ def read_config(path: str | Path, cfg_options: dict | None = None) -> Config:
         near = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob('*.py')]
                                          if path.parent.is_dir() else [], n=3)
         hint = f'; did you mean {[str(path.parent / n) for n in near]}?' if near else ''
+        hint = hint or stock_config_hint(str(path))
         raise FileNotFoundError(f'config file not found: {path}{hint}')
-    cfg = Config.fromfile(str(path))
+    try:
+        cfg = Config.fromfile(str(path))
+    except FileNotFoundError as e:  # a mistyped mmdet:: / mmseg:: base
+        hint = stock_config_hint(str(e).split('"')[1] if str(e).count('"') >= 2 else str(e))
+        if not hint:
+            raise
+        raise FileNotFoundError(f'{path}: {e}{hint}') from e
     if cfg_options:
         check_cfg_options(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
@@ -101,6 +127,42 @@ def task_scope(cfg: Config) -> str:
     scope = config_scope(cfg)
     importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
     return scope
+
+
+def use_scope(scope: str) -> None:
+    """Make ``scope`` mmengine's default scope (init_default_scope, without its warning when
+    a tool switches between mmdet and mmseg models)."""
+    current = DefaultScope.get_current_instance()
+    if current is None or current.scope_name != scope:
+        DefaultScope.get_instance(f'pvt_mm-{scope}-{time.perf_counter_ns()}', scope_name=scope)
+
+
+def read_model_config(path: str | Path, cfg_options: dict | None = None) -> Config:
+    """A detector / segmentor config (:func:`read_config`) that has a ``model.backbone``."""
+    cfg = read_config(path, cfg_options)
+    if 'model' not in cfg or 'backbone' not in cfg.model:
+        raise ValueError(f'config {str(path)!r} has no model.backbone')
+    return cfg
+
+
+def build_from_config(cfg: Config, init: bool = False) -> nn.Module:
+    """Detector / segmentor of ``cfg`` built in its scope, with random weights: the
+    constructors' default ones, or with ``init`` the model's own ``init_weights`` (heads with
+    their prior biases etc.) without the backbone's pretrained checkpoint."""
+    use_scope(config_scope(cfg))
+    if init:
+        cfg = copy.deepcopy(cfg)
+        cfg.model.backbone.pop('init_cfg', None)
+    model = MODELS.build(cfg.model)
+    if init:
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel('WARNING')  # init_weights logs every parameter's initialiser
+        try:
+            model.init_weights()
+        finally:
+            logger.setLevel(level)
+    return model
 
 
 def adapt_to_device(cfg: Config) -> None:
@@ -130,7 +192,7 @@ def adapt_to_device(cfg: Config) -> None:
 def load_config(config: str | Path, cfg_options: dict | None = None,
                 work_dir: str | None = None, launcher: str = 'none') -> Config:
     """Read a config the way mmdet's/mmseg's tools do (``--cfg-options`` merged, work_dir from
-    CLI > config > ``./work_dirs/<config name>``), check its scope, register pvt_mm."""
+    CLI > config > ``./work_dirs/<config name>``), check its scope and its model."""
     cfg = read_config(config)
     cfg.launcher = launcher
     if cfg_options:
@@ -141,11 +203,8 @@ def load_config(config: str | Path, cfg_options: dict | None = None,
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(str(config)))[0])
     task_scope(cfg)
-    import pvt_mm  # noqa: F401  registers the backbones, whatever the config imports
     adapt_to_device(cfg)
-    from .config_check import check_model_config
     check_model_config(cfg)  # backbone arguments and neck/head channels, before any data
-    from .resume import enable_exact_resume
     enable_exact_resume(cfg)  # epoch-based loops resume bit-exactly (pvt_mm.engine.resume)
     return cfg
 

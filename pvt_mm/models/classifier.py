@@ -32,11 +32,12 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..convert import convert_pvt_checkpoint, unwrap_state_dict
-from ..convert_hf import classifier_parts
-from ..hf_folder import check_folder_variant, folder_weights
+from ..arch import NUM_STAGES
+from ..loading.convert import convert_pvt_checkpoint, unwrap_state_dict
+from ..loading.convert_hf import classifier_parts
+from ..loading.hf_folder import check_folder_variant, folder_weights
 from .backbones import ARCHS, PVT
-from .backbones.arch import NUM_STAGES
+from .fast import decide_runner
 from .layers import nlc_to_nchw, resize_pos_embed
 
 __all__ = ['PVTClassifier', 'checkpoint_filter_fn', 'TIMM_NAMES']
@@ -156,11 +157,12 @@ class PVTClassifier(nn.Module):
         cls = (self.cls_token + self.cls_pos_embed).expand(tokens.shape[0], -1, -1)
         tokens = stage.pos_drop(torch.cat((cls, tokens), dim=1))
         row = (1, tokens.shape[1])
+        run = decide_runner(tokens, stage.patch_embed.proj.weight.dtype, owner=self)
         for block in stage.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, row, use_reentrant=False)
+                tokens = checkpoint(run.block, block, tokens, row, use_reentrant=False)
             else:
-                tokens = block(tokens, row)
+                tokens = run.block(block, tokens, row)
         return tokens, hw
 
     def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None,
@@ -241,6 +243,17 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None 
     return {**backbone, **extra}
 
 
+def missing_weights_message(variant: str, file: str | os.PathLike) -> str:
+    """What to do when ``pretrained_cfg_overlay=dict(file=...)`` names no file (timm itself
+    raises an empty FileNotFoundError)."""
+    arch = TIMM_NAMES[variant]
+    return (f'{variant}: pretrained weights file {str(file)!r} not found (from '
+            f'{os.getcwd()}); download {RELEASE_URL.format(arch)} (the official {arch} '
+            'release: pvt_mm converts it) and pass its path as '
+            "pretrained_cfg_overlay=dict(file='.../" + f"pvt_{arch}.pth'), or a transformers "
+            'folder')
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> PVTClassifier:
     out_indices = kwargs.pop('out_indices', tuple(range(NUM_STAGES)))
     overlay = kwargs.get('pretrained_cfg_overlay') or {}
@@ -250,6 +263,8 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> PVTClassif
         spec = ARCHS[TIMM_NAMES[variant]]
         check_folder_variant(folder, spec, f'{variant} ({TIMM_NAMES[variant]})')
         kwargs['pretrained_cfg_overlay'] = {**overlay, 'file': str(folder_weights(folder))}
+    elif pretrained and isinstance(folder, (str, os.PathLike)) and not os.path.exists(folder):
+        raise FileNotFoundError(missing_weights_message(variant, folder))
     return build_model_with_cfg(
         PVTClassifier, variant, pretrained, arch=TIMM_NAMES[variant],
         pretrained_filter_fn=checkpoint_filter_fn,

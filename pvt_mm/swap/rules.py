@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..models.backbones import PVTArch
+from ..arch import PVTArch
 
 # ImageNet statistics (RGB, 0-255) the official PVT checkpoints were trained with
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
@@ -210,7 +210,7 @@ def _fix_bisenetv1(sub: Mapping, spec: PVTArch, backbone_args: Mapping[str, Any]
     spatial[-1] = c3 - context
     out = _drop_resnet_weights(sub)
     out['backbone'] = dict(
-        backbone_cfg=dict(_delete_=True, type='PVT' if spec.version == 1 else 'PVTv2',
+        backbone_cfg=dict(_delete_=True, type=spec.backbone_type,
                           out_indices=indices, **backbone_args),
         context_channels=(context, c3, c4), spatial_channels=tuple(spatial))
     # BiSeNetV1 returns (fused, context 16, context 32)[out_indices]
@@ -232,7 +232,7 @@ def fix_model(sub: Mapping, spec: PVTArch, backbone_args: Mapping[str, Any],
         return _fix_bisenetv1(sub, spec, backbone_args, out_indices, where)
     indices = _backbone_indices(old, spec, out_indices, f'{where}.backbone')
     channels = [spec.embed_dims[i] for i in indices]
-    backbone: dict[str, Any] = dict(_delete_=True, type='PVT' if spec.version == 1 else 'PVTv2',
+    backbone: dict[str, Any] = dict(_delete_=True, type=spec.backbone_type,
                                     out_indices=indices, **backbone_args)
     out = _drop_resnet_weights(sub)
     out['backbone'] = backbone
@@ -281,3 +281,40 @@ def fix_model(sub: Mapping, spec: PVTArch, backbone_args: Mapping[str, Any],
                     'knows (necks with in_channels; mmseg heads with in_index; '
                     f'{", ".join(ALL_MAPS_HEAD_KEYS)}; single-map C4 detectors); edit it '
                     'by hand')
+
+
+def stride_notes(model: Mapping, spec: PVTArch, out_indices: Sequence[int] | None,
+                 where: str = 'model') -> list[str]:
+    """One line per (sub-)model whose stock ResNet-family backbone is dilated (strides or
+    dilations changed, e.g. mmseg's ``-d8`` configs at output stride 8): the strides of the
+    maps its consumers read change to PVT's 4/8/16/32 (coarser maps before upsampling)."""
+    notes = []
+    for path in submodel_paths(model):
+        sub = model
+        for key in path:
+            sub = sub[key]
+        old = sub['backbone']
+        if old.get('type') == 'BiSeNetV1':
+            old = old.get('backbone_cfg') or {}
+        if not RESNET_FAMILY.match(str(old.get('type'))) or 'strides' not in old:
+            continue
+        strides, stride = [], 4
+        for s in old['strides']:
+            stride *= s
+            strides.append(stride)
+        try:
+            indices = tuple(out_indices if out_indices is not None
+                            else old.get('out_indices', (0, 1, 2, 3)))
+            stock = [strides[i] for i in indices]
+        except (IndexError, TypeError):
+            continue
+        pvt = [4 * 2 ** i for i in indices]
+        if stock != pvt:
+            name = '.'.join((where, *path, 'backbone'))
+            notes.append(
+                f'{name}: the stock {old.get("type")} (strides {tuple(old["strides"])}, '
+                f'dilations {tuple(old.get("dilations", ()))}) gives maps at strides '
+                f'{"/".join(map(str, stock))}; PVT ({spec.version == 1 and "v1" or "v2"}) '
+                f'gives {"/".join(map(str, pvt))}: the heads now read coarser maps (output '
+                f'stride {stock[-1]} -> {pvt[-1]})')
+    return notes

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .core import SwapError, load_config, resolve_config_path, swap_config
+from .core import SwapError, load_stock_config, resolve_arch, resolve_config_path, swap_config
 
 SCOPES = ('mmdet', 'mmseg')
 TRACK_PREPROCESSORS = ('TrackDataPreprocessor',)
@@ -236,7 +236,7 @@ def check_config(config: str, arch: str = 'b0', image_size: int = 128,
     start = time.perf_counter()
     try:
         with offline():
-            cfg = load_config(config)
+            cfg = load_stock_config(config)
             why = fetches_at_build(cfg.model.to_dict())
             if why:
                 row.stock, row.reason = 'not built', why
@@ -265,7 +265,6 @@ def check_config(config: str, arch: str = 'b0', image_size: int = 128,
                 row.swap, row.reason = 'fails', f'swap_config raised {_reason(e)}'
                 return row
             try:
-                import pvt_mm  # noqa: F401  (custom_imports of the swapped config)
                 build_and_run(swapped, image_size)
             except Exception as e:  # noqa: BLE001
                 row.swap, row.reason = 'fails', _reason(e)
@@ -371,7 +370,6 @@ def sweep(configs: Sequence[str], arch: str = 'b0', image_size: int = 128,
           log: Any = print) -> list[Row]:
     """:func:`check_config` for each config (``pkg::folder/name.py``), quietly
     (:func:`quiet_builds`): ``log`` gets one line per config."""
-    import pvt_mm  # noqa: F401
     rows = []
     with cached_metafiles():
         for i, config in enumerate(configs, 1):
@@ -391,7 +389,6 @@ def run_sweep(which: str, arch: str = 'b0', all_configs: bool = False,
     config fails (a refusal with its reason is not a failure). ``threads``: torch threads
     (1 by default: many small kernels, and a shared machine collapses multi-thread ones)."""
     import sys
-    from .core import resolve_arch
     arch = resolve_arch(arch)
     if threads:
         torch.set_num_threads(threads)

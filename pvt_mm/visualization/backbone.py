@@ -9,8 +9,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from mmengine.registry import MODELS
 from torch import Tensor, nn
 
+from ..arch import ARCHS, check_arch
+from ..engine.runtime import read_config
+from ..models.backbones import PyramidVisionTransformerBase
+from ..models.backbones.pretrained import load_pretrained
 from .draw import write_backbone_maps
 from .maps import backbone_maps
 
@@ -29,23 +34,17 @@ def build_backbone(arch: str | None = None, config: str | os.PathLike | None = N
     the weights are random, with a warning."""
     if (arch is None) == (config is None):
         raise ValueError('give exactly one of arch or config')
-    import pvt_mm  # noqa: F401  registers the backbones
-    from mmengine.registry import MODELS
     if config is not None:
-        from ..engine.runtime import read_config
         cfg = read_config(config)
         spec = dict(cfg.model.backbone)
         spec.pop('init_cfg', None)  # nothing is loaded but the given checkpoint
         spec.pop('pretrained', None)
     else:
-        from ..analysis.models import check_arch
-        from ..models.backbones import ARCHS
         name = check_arch(arch)
-        spec = dict(type='PVT' if ARCHS[name].version == 1 else 'PVTv2', arch=name)
+        spec = dict(type=ARCHS[name].backbone_type, arch=name)
     spec.update(out_indices=(0, 1, 2, 3), drop_path_rate=0.)
     spec.pop('F4', None)
     backbone = MODELS.build(spec)
-    from ..models.backbones import PyramidVisionTransformerBase
     if not isinstance(backbone, PyramidVisionTransformerBase):
         raise ValueError(f'the backbone is {type(backbone).__name__}; these pictures need a '
                          'pvt_mm PVT or PVTv2 backbone')
@@ -53,7 +52,6 @@ def build_backbone(arch: str | None = None, config: str | os.PathLike | None = N
         warnings.warn('no checkpoint given: the backbone has random weights, so the pictures '
                       'show an untrained network', UserWarning, stacklevel=2)
     else:
-        from ..models.backbones.pretrained import load_pretrained
         load_pretrained(backbone, checkpoint)
     return backbone.eval()
 

@@ -2,7 +2,7 @@
 mmseg's ``MMSegInferencer`` (the config's ``default_scope`` picks which).
 
 The inferencers read the checkpoint with mmengine's loader, which ``import pvt_mm`` routes
-through the safe reader (:func:`pvt_mm.checkpoint.use_safe_mmengine_loader`); before the
+through the safe reader (:func:`pvt_mm.loading.checkpoint.use_safe_mmengine_loader`); before the
 weights go in, the checkpoint's keys and shapes are compared with the model's
 (:func:`pvt_mm.engine.checkpoint_io.check_model_checkpoint`), so a checkpoint of another
 model stops the tool instead of drawing the predictions of random heads."""
@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
+from ..engine import checkpoint_io
+from ..engine.runtime import read_config, task_scope
 
 __all__ = ['IMAGE_SUFFIXES', 'collect_images', 'infer']
 
@@ -38,12 +41,10 @@ def collect_images(source: str | os.PathLike) -> list[str]:
 
 def _strict(inferencer: type, weights: str) -> type:
     """``inferencer`` whose weights go in only when the checkpoint matches the model."""
-    from ..engine.checkpoint_io import check_model_checkpoint
-
     class StrictInferencer(inferencer):
         def _load_weights_to_model(self, model: Any, checkpoint: Any, cfg: Any) -> None:
             if checkpoint is not None:
-                check_model_checkpoint(model, checkpoint, weights)
+                checkpoint_io.check_model_checkpoint(model, checkpoint, weights)
             super()._load_weights_to_model(model, checkpoint, cfg)
 
     StrictInferencer.__name__ = inferencer.__name__
@@ -55,15 +56,15 @@ def infer(source: str | os.PathLike, config: str | os.PathLike,
           score_thr: float = 0.3, device: str = 'cpu', batch_size: int = 1) -> list[Path]:
     """Predict every image of ``source`` and draw the predictions into ``out_dir/vis/``
     (boxes / masks with labels and scores >= ``score_thr`` for detection, the mask overlay
-    for segmentation); predictions as JSON in ``out_dir/preds/`` (detection). Returns the
+    for segmentation; the stock visualizers become :mod:`.visualizers`' readable ones); predictions as JSON in ``out_dir/preds/`` (detection). Returns the
     drawn files."""
-    import pvt_mm  # noqa: F401  registers the backbones
-    from ..engine.runtime import read_config, task_scope
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     images = collect_images(source)
     cfg = read_config(config)
     scope = task_scope(cfg)
+    from .visualizers import readable_visualizer_cfg  # in-function: imports mmdet and mmseg
+    cfg.visualizer = readable_visualizer_cfg(cfg.get('visualizer'))  # the user's own stays
     out = Path(out_dir)
     if scope == 'mmdet':
         from mmdet.apis import DetInferencer

@@ -1,17 +1,23 @@
 """Pictures of a trained detector / segmentor: ground truth beside the prediction for a few
-validation images (mmdet's ``DetLocalVisualizer`` / mmseg's ``SegLocalVisualizer``, through
-the runner's own visualizer), and the loss and validation metric over training (from the
+validation images (the runner's visualizer; mmdet's / mmseg's stock ones drawn by the
+readable subclasses of :mod:`.visualizers`), and the loss and validation metric over training (from the
 ``scalars.json`` mmengine's ``LocalVisBackend`` writes)."""
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from mmdet.visualization import DetLocalVisualizer
+from mmseg.visualization import SegLocalVisualizer
+
+from .visualizers import ReadableDetVisualizer, ReadableSegVisualizer
 
 __all__ = ['draw_val_predictions', 'plot_training_curve', 'read_scalars', 'stack_images']
 
@@ -25,9 +31,9 @@ def draw_val_predictions(runner, out_dir: str | os.PathLike, num: int = 4,
     them stacked in ``predictions.png`` (last in the list). Runs in eval mode, no grad."""
     from mmengine.dataset import pseudo_collate
     dataset = runner.test_dataloader.dataset
-    visualizer = runner.visualizer
+    visualizer = _readable(runner.visualizer)
     visualizer.dataset_meta = dataset.metainfo
-    is_det = type(visualizer).__name__ == 'DetLocalVisualizer'
+    is_det = isinstance(visualizer, DetLocalVisualizer)
     extra = dict(pred_score_thr=score_thr) if is_det else {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,6 +56,20 @@ def draw_val_predictions(runner, out_dir: str | os.PathLike, num: int = 4,
     if paths:
         paths.append(stack_images(paths, out / 'predictions.png'))
     return paths
+
+
+def _readable(visualizer: Any) -> Any:
+    """The runner's visualizer, or for a stock ``DetLocalVisualizer`` / ``SegLocalVisualizer``
+    a readable one (:mod:`.visualizers`) with the same settings (the user's own subclass stays)."""
+    kind = {DetLocalVisualizer: ReadableDetVisualizer,
+            SegLocalVisualizer: ReadableSegVisualizer}.get(type(visualizer))
+    if kind is None:
+        return visualizer
+    readable = kind(name=f'pvt_mm_pictures_{uuid.uuid4().hex[:8]}')  # names are per process
+    for key in ('bbox_color', 'text_color', 'mask_color', 'line_width', 'alpha'):
+        if hasattr(visualizer, key):
+            setattr(readable, key, getattr(visualizer, key))
+    return readable
 
 
 def stack_images(paths: Sequence[Path], dst: str | os.PathLike) -> Path:

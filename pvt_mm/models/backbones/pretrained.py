@@ -13,10 +13,11 @@ from mmengine.logging import print_log
 from timm.models import adapt_input_conv
 from torch import Tensor, nn
 
-from ...checkpoint import check_state_dict, model_name, read_checkpoint, resolve_checkpoint
-from ...convert import CheckpointError, convert_pvt_checkpoint
-from ...hf_folder import check_folder_variant
-from .arch import PVTArch
+from ...arch import PVTArch
+from ...loading.checkpoint import (check_state_dict, model_name, read_checkpoint,
+                                   resolve_checkpoint)
+from ...loading.convert import CheckpointError, convert_pvt_checkpoint
+from ...loading.hf_folder import check_folder_variant
 
 FIRST_CONV = 'stages.0.patch_embed.proj.weight'
 PRETRAIN_CHANNELS = 3  # RGB: every published PVT checkpoint

@@ -18,14 +18,15 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import PatchEmbed, PVTBlock, nlc_to_nchw, resize_pos_embed
+from ...arch import (ARCHS, CUSTOM_ARCH, NUM_STAGES, OFFICIAL_ALIASES, PVTArch, arch_name,
+                     check_arch, resolve_arch)
+from ..fast import Runner, decide_runner
+from ..layers import PatchEmbed, PVTBlock, is_graph_capture, nlc_to_nchw, resize_pos_embed
 from ..layers.attention import AttnMode
-from ..layers.exec_path import TRACED, ExecPath, decide_exec_path, is_graph_capture
 from ..layers.block import BLOCK_LN_EPS
 from ..layers.shape import HW
 from . import validation as check
-from .arch import (ARCHS, CUSTOM_ARCH, NUM_STAGES, OFFICIAL_ALIASES, PVTArch, arch_name,
-                   resolve_arch)
+from .pretrained import load_pretrained
 
 STEM_STRIDE = 4  # stage 1 embeds 4x4 patches; each later stage halves the resolution
 STAGE_STRIDE = 2
@@ -59,32 +60,34 @@ class PVTStage(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=BLOCK_LN_EPS) if overlap else None
         self.with_cp = False
 
-    def _embed(self, x: Tensor, traced: bool = False) -> tuple[Tensor, HW]:
-        x, hw = self.patch_embed(x)
+    def _embed(self, x: Tensor, run: Runner) -> tuple[Tensor, HW]:
+        x, hw = run.embed(self.patch_embed, x)
         if self.pos_embed is not None:
-            x = self.pos_drop(x + resize_pos_embed(self.pos_embed, self.pos_grid, hw, traced))
+            x = self.pos_drop(x + resize_pos_embed(self.pos_embed, self.pos_grid, hw,
+                                                   traced=is_graph_capture()))
         return x, hw
 
-    def _last_block(self, x: Tensor, hw: HW, path: ExecPath) -> Tensor:
-        x = self.blocks[-1](x, hw, path)
+    def _last_block(self, x: Tensor, hw: HW, run: Runner) -> Tensor:
+        x = run.block(self.blocks[-1], x, hw)
         return x if self.norm is None else self.norm(x)
 
-    def forward(self, x: Tensor, path: ExecPath | None = None) -> tuple[Tensor, HW]:
-        """``path``: the backbone's execution path (:mod:`..layers.exec_path`; decided here
-        when the stage is called alone)."""
-        if path is None:
-            path = decide_exec_path(x, self.patch_embed.proj.weight.dtype)
+    def forward(self, x: Tensor, run: Runner | None = None) -> tuple[Tensor, HW]:
+        """x: (B, C_in, H, W) -> ((B, H'*W', C) tokens, (H', W')). ``run``: the backbone's
+        runner (:mod:`pvt_mm.models.fast`: reference layers or the CPU fast path), decided
+        here when the stage is called alone."""
+        if run is None:
+            run = decide_runner(x, self.patch_embed.proj.weight.dtype)
         if not (self.with_cp and torch.is_grad_enabled()):
-            x, hw = self._embed(x, path.traced)
+            x, hw = self._embed(x, run)
             for block in self.blocks[:-1]:
-                x = block(x, hw, path)
-            return self._last_block(x, hw, path), hw
+                x = run.block(block, x, hw)
+            return self._last_block(x, hw, run), hw
         # with_cp: the embedding, each block and the last block with the norm are segments
         # that keep only their input (one (B, N, C) map) and recompute the rest backward
-        x, hw = checkpoint(self._embed, x, path.traced, use_reentrant=False)
+        x, hw = checkpoint(self._embed, x, run, use_reentrant=False)
         for block in self.blocks[:-1]:
-            x = checkpoint(block, x, hw, path, use_reentrant=False)
-        return checkpoint(self._last_block, x, hw, path, use_reentrant=False), hw
+            x = checkpoint(run.block, block, x, hw, use_reentrant=False)
+        return checkpoint(self._last_block, x, hw, run, use_reentrant=False), hw
 
 
 class PyramidVisionTransformerBase(BaseModule):
@@ -111,12 +114,14 @@ class PyramidVisionTransformerBase(BaseModule):
             embedding / on attention weights / stochastic depth, spread linearly over blocks.
         qkv_bias: bias in the query/key/value projections.
         attn_mode: ``'sdpa'`` (fused, default) or ``'explicit'`` (reference softmax path).
-        fast_kernels: on CPU, run the oneDNN fast paths (fused kernels, banded MLP, chunked
-            attention); False: plain reference ops. Traced / exported graphs always take the
-            reference ops. Can be changed later: ``model.fast_kernels = False``.
+        fast_kernels: on CPU, run the fast path (fused oneDNN kernels, banded MLP, tiled
+            attention, native kernels) for the layers that are exactly the stock ones
+            (docs/fast_path.md); False: the reference layers everywhere. Traced / exported
+            graphs always take the reference layers. Can be changed later:
+            ``model.fast_kernels = False``.
         pretrained: deprecated shortcut for ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
         init_cfg: mmengine init config; ``type='Pretrained'`` loads official, mmdet, timm or
-            pvt_mm checkpoints through :func:`pvt_mm.convert.convert_pvt_checkpoint`.
+            pvt_mm checkpoints through :func:`pvt_mm.loading.convert.convert_pvt_checkpoint`.
     """
 
     version: ClassVar[int]
@@ -264,7 +269,6 @@ class PyramidVisionTransformerBase(BaseModule):
                 super().init_weights()
             finally:
                 self.init_cfg = init_cfg
-        from .pretrained import load_pretrained
         for cfg in pretrained:
             load_pretrained(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
         self._is_init = True
@@ -292,20 +296,18 @@ class PyramidVisionTransformerBase(BaseModule):
         """x: (B, C_in, H, W) -> NCHW maps of the stages in ``out_indices`` (strides 4, 8,
         16, 32 with ``embed_dims`` channels).
 
-        The execution path (reference ops, oneDNN inference or training kernels, or the traced
-        graph) is decided here once, from the device, dtype, autocast, grad mode, tracing /
-        export state and ``fast_kernels``, and passed to every layer. While tracing or
+        How it runs (the reference layers, or on the CPU the fast path for their stock parts)
+        is decided here once, from the device, dtype, autocast, grad mode, tracing / export
+        state, hooks and ``fast_kernels`` (:mod:`pvt_mm.models.fast`). While tracing or
         exporting, the Python-side input checks are skipped (they would bake the traced size).
         """
-        if is_graph_capture():
-            path = TRACED
-        else:
+        if not is_graph_capture():
             self._check_input(x)
-            weight = self.stages[0].patch_embed.proj.weight
-            path = decide_exec_path(x, weight.dtype, self.fast_kernels)
+        weight = self.stages[0].patch_embed.proj.weight
+        run = decide_runner(x, weight.dtype, self.fast_kernels, owner=self)
         outs = []
         for i, stage in enumerate(self.stages[:self.out_indices[-1] + 1]):
-            tokens, hw = stage(x, path)
+            tokens, hw = stage(x, run)
             x = nlc_to_nchw(tokens, hw)
             if i in self.out_indices:
                 outs.append(x.contiguous())
@@ -328,9 +330,23 @@ class PVTv2(PyramidVisionTransformerBase):
     default_arch = 'b2'  # as mmdet's PyramidVisionTransformerV2
 
 
+BACKBONES: dict[str, type[PyramidVisionTransformerBase]] = {'PVT': PVT, 'PVTv2': PVTv2}
+
+
+def build_pvt(arch: str | PVTArch, **kwargs: Any) -> PyramidVisionTransformerBase:
+    """The backbone of a variant-table name (``'small'``, ``'b2_li'``, an official class name
+    such as ``'pvt_v2_b2'``) or of a :class:`PVTArch` (a custom one: a folder's config.json):
+    ``PVT`` or ``PVTv2`` by :attr:`PVTArch.backbone_type`; kwargs go to the constructor.
+    ValueError (naming the near names and the known variants) for anything else."""
+    if isinstance(arch, PVTArch):
+        return BACKBONES[arch.backbone_type](arch=arch, **kwargs)
+    name = check_arch(arch)
+    return BACKBONES[ARCHS[name].backbone_type](arch=name, **kwargs)
+
+
 def _official_alias(name: str, arch: str, fixed: dict[str, Any]) -> Any:
     """A builder for the official class ``name``: ``arch`` and ``fixed`` kwargs are set."""
-    cls = PVT if ARCHS[arch].version == 1 else PVTv2
+    cls = BACKBONES[ARCHS[arch].backbone_type]
     fixed = {'arch': arch, **fixed}
     shown = ', '.join(f'{k}={v!r}' for k, v in fixed.items())
 

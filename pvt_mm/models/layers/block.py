@@ -5,10 +5,8 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .attention import AttnMode, SpatialReductionAttention
-from .exec_path import ExecKind, ExecPath, decide_exec_path
 from .mlp import Mlp
 from .shape import HW
-from .threads import cpu_threads
 
 BLOCK_LN_EPS = 1e-6  # the official blocks use LayerNorm(eps=1e-6)
 
@@ -32,21 +30,7 @@ class PVTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=BLOCK_LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dwconv=dwconv, extra_relu=linear, drop=drop)
 
-    def forward(self, x: Tensor, hw: HW, path: ExecPath | None = None) -> Tensor:
-        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C). ``path``: the backbone's
-        execution path (:mod:`.exec_path`; decided here when the block is called alone)."""
-        if path is None:
-            path = decide_exec_path(x, self.attn.q.weight.dtype)
-        with cpu_threads(x):  # threads from the CPUs free now (.threads)
-            x = x + self.drop_path(self.attn(self.norm1(x), hw, path))
-            if self._fused_mlp_half(path):  # the same sum in one native pass
-                return self.mlp.forward_native(x, path.dtype, self.norm2, residual=True)
-            return x + self.drop_path(self.mlp(self.norm2(x), hw, path))
-
-    def _fused_mlp_half(self, path: ExecPath) -> bool:
-        """True when ``x + mlp(norm2(x))`` runs as one native kernel call: inference on the
-        oneDNN path, nothing to drop, an affine LayerNorm and a v1 MLP the kernel takes."""
-        return (path.kind is ExecKind.ONEDNN_INFER
-                and (not self.training or self.drop_path.drop_prob == 0)
-                and self.norm2.elementwise_affine and self.norm2.bias is not None
-                and self.mlp.native_supported(path.dtype))
+    def forward(self, x: Tensor, hw: HW) -> Tensor:
+        """x: (B, N, C) tokens of an (H, W) = ``hw`` map -> (B, N, C)."""
+        x = x + self.drop_path(self.attn(self.norm1(x), hw))
+        return x + self.drop_path(self.mlp(self.norm2(x), hw))

@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .shape import HW, nchw_to_nlc
-from .threads import cpu_threads
 
 
 class PatchEmbed(nn.Module):
@@ -23,9 +22,8 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, HW]:
-        with cpu_threads(x):  # threads from the CPUs free now (.threads)
-            x, hw = nchw_to_nlc(self.proj(x))
-            return self.norm(x), hw
+        x, hw = nchw_to_nlc(self.proj(x))
+        return self.norm(x), hw
 
 
 def resize_pos_embed(pos_embed: Tensor, src_hw: HW, dst_hw: HW, traced: bool = False

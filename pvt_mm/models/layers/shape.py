@@ -1,8 +1,6 @@
 """Token <-> feature-map views shared by the PVT layers."""
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
@@ -26,26 +24,6 @@ def nchw_to_nlc(x: Tensor) -> tuple[Tensor, HW]:
     """(B, C, H, W) map -> ((B, H*W, C) tokens, (H, W)); a view when ``x`` is channels-last."""
     H, W = x.shape[-2:]
     return x.flatten(2).transpose(1, 2), (H, W)
-
-
-class RowBand(NamedTuple):
-    """One band of rows: ``read`` (absolute, with halo), ``keep`` (the band's own rows within
-    ``read``) and ``own`` (the same rows, absolute)."""
-    read: slice
-    keep: slice
-    own: slice
-
-
-def row_bands(height: int, band_rows: int, halo: int = 0) -> list[RowBand]:
-    """Split ``height`` rows into bands of ``band_rows`` (at least 1), each read with up to
-    ``halo`` rows of context on either side."""
-    step = max(1, band_rows)
-    bands = []
-    for r0 in range(0, height, step):
-        r1 = min(r0 + step, height)
-        a, b = max(r0 - halo, 0), min(r1 + halo, height)
-        bands.append(RowBand(slice(a, b), slice(r0 - a, r1 - a), slice(r0, r1)))
-    return bands
 
 
 def _adaptive_avg_matrix(ones: Tensor, bins: int) -> Tensor:

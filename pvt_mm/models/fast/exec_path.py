@@ -1,9 +1,10 @@
 """How a PVT forward runs: decided once per backbone call and passed down to every layer.
 
 * ``REFERENCE``: plain PyTorch ops (``nn.Linear``, ``nn.Conv2d``, SDPA or explicit softmax):
-  other devices and dtypes, builds without oneDNN, ``fast_kernels=False``.
+  other devices and dtypes, builds without oneDNN, ``fast_kernels=False``, and every module
+  that is not exactly the stock one (:mod:`.eligibility`).
 * ``ONEDNN_INFER``: CPU without autograd: oneDNN kernels with bias and activation fused, the
-  MLP over row bands, attention over query chunks (:mod:`.fused`), in ``dtype``.
+  MLP over row bands, attention over query tiles (:mod:`.fused`, :mod:`.native`), in ``dtype``.
 * ``ONEDNN_TRAIN``: CPU with autograd: oneDNN linears with their own backward, the banded
   MLP with a recomputing backward (:mod:`.mlp_grad`), in ``dtype``.
 * ``TRACED``: ``torch.jit.trace`` / ONNX export / ``torch.compile`` / ``torch.export``: the
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..layers.tracing import is_graph_capture
 from .fused import FUSED_AVAILABLE, FUSED_DTYPES, OneDNNKernels, fused_kernels_allowed
 
 
@@ -53,12 +55,6 @@ class ExecPath:
 
 REFERENCE = ExecPath(ExecKind.REFERENCE)
 TRACED = ExecPath(ExecKind.TRACED)
-
-
-def is_graph_capture() -> bool:
-    """True while the forward is traced, exported to ONNX or compiled (dynamo, torch.export)."""
-    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
 
 
 def decide_exec_path(x: Tensor, weight_dtype: torch.dtype, fast_kernels: bool = True

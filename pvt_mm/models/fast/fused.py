@@ -24,7 +24,10 @@ _MKLDNN = torch.ops.mkldnn
 FUSED_AVAILABLE = (torch.backends.mkldnn.is_available()
                    and hasattr(_MKLDNN, '_linear_pointwise')
                    and hasattr(_MKLDNN, '_convolution_pointwise'))
-FUSED_DTYPES = (torch.float32, torch.bfloat16)
+# bf16 where oneDNN has bf16 kernels on this CPU (AVX-512 or newer; an AVX2-only CPU has none,
+# and its bf16 primitives fail to build): elsewhere bf16 autocast runs the reference layers
+BF16_AVAILABLE = FUSED_AVAILABLE and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+FUSED_DTYPES = (torch.float32, torch.bfloat16) if BF16_AVAILABLE else (torch.float32,)
 # activation name -> (oneDNN post-op, its algorithm, the reference op)
 ACTIVATIONS = {
     'none': ('none', '', lambda t: t),

@@ -8,7 +8,7 @@ prefix is dropped; from a whole detector/segmentor only the ``backbone.`` keys a
   ``ffn.layers.0`` as 1x1 convs, ``layers.0.2``);
 * timm ``pvt_v2`` (``patch_embed``/``stages.0.downsample``, ``mlp.dwconv``);
 * Hugging Face transformers' ``PvtModel`` / ``PvtV2Model`` and their classifiers / backbone
-  (``encoder.layers.0.blocks.0.attention.query``; :mod:`pvt_mm.convert_hf`);
+  (``encoder.layers.0.blocks.0.attention.query``; :mod:`pvt_mm.loading.convert_hf`);
 * pvt_mm itself (so the conversion is idempotent).
 
 The classifier ``head``, ``cls_token`` (and pvt_mm's timm classifier's ``cls_pos_embed``) and final
@@ -24,8 +24,10 @@ from typing import Any
 
 from torch import Tensor
 
+from .convert_hf import from_transformers, transformers_layout
 from .errors import CheckpointError
 from .errors import listing as _listing
+from .state_check import check_dense
 
 __all__ = ['CheckpointError', 'convert_pvt_checkpoint', 'unwrap_state_dict']
 
@@ -144,11 +146,12 @@ def convert_pvt_checkpoint(checkpoint: Mapping[str, Any], prefix: str | None = N
     idempotent: converting the result again gives it back).
 
     Raises:
-        CheckpointError: naming every key that cannot be placed, non-tensor values, and keys
-            that two inputs would both map to.
+        CheckpointError: naming every key that cannot be placed, non-tensor values, tensors
+            without dense data (meta, sparse, quantized), and keys that two inputs would both
+            map to.
     """
     sd = unwrap_state_dict(checkpoint, prefix)
-    from .convert_hf import from_transformers, transformers_layout  # it imports this module
+    check_dense(sd)  # meta / sparse / quantized values: named before any conversion
     if transformers_layout(sd) is not None:
         sd = from_transformers(sd)
     ctx = Context(set(sd))

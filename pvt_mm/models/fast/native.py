@@ -19,6 +19,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -31,6 +32,7 @@ ENV_SWITCH = 'PVT_MM_NATIVE'  # '0': never use the native kernel
 ENV_DIR = 'PVT_MM_NATIVE_DIR'
 _UNSET = object()
 _loaded: object = _UNSET  # the module, or a str: why there is none
+_load_lock = threading.Lock()  # several threads' first forwards load it once, whole
 BUILD_COMMAND = 'python tools/build_native.py'
 
 
@@ -86,8 +88,11 @@ def kernel() -> ModuleType | None:
     """The built kernel module, or None (the reason is in :func:`describe`). Loaded once."""
     global _loaded
     if _loaded is _UNSET:
-        _loaded = _load()
-    return None if isinstance(_loaded, str) else _loaded
+        with _load_lock:
+            if _loaded is _UNSET:
+                _loaded = _load()
+    loaded = _loaded
+    return None if isinstance(loaded, str) else loaded
 
 
 def _load() -> ModuleType | str:
@@ -126,10 +131,12 @@ def build(verbose: bool = False) -> ModuleType:
     from torch.utils import cpp_extension
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    module = cpp_extension.load(module_name(), [str(p) for p in SOURCES], extra_cflags=_cflags(),
-                                extra_ldflags=['-fopenmp'], build_directory=str(directory),
-                                verbose=verbose)
-    _loaded = module
+    with _load_lock:
+        module = cpp_extension.load(module_name(), [str(p) for p in SOURCES],
+                                    extra_cflags=_cflags(),
+                                    extra_ldflags=['-fopenmp'], build_directory=str(directory),
+                                    verbose=verbose)
+        _loaded = module
     return module
 
 

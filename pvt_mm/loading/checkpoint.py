@@ -2,17 +2,18 @@
 
 Every checkpoint is read by :func:`read_checkpoint`: the format is detected from the file's
 content (torch zip, legacy torch pickle, ``.safetensors``), damage is caught first
-(:mod:`pvt_mm.integrity`), and pickles go through ``torch.load(weights_only=True)`` with
-plain-data stand-ins for the non-tensor globals of mmengine Runner checkpoints, allowed only for
-the duration of that one load (:func:`runner_checkpoint_globals`, :mod:`pvt_mm.safe_pickle`).
+(:mod:`.integrity`), and pickles go through torch's ``weights_only`` unpickler with an allow-list
+of that one load's own (:mod:`.weights_unpickler`): plain-data stand-ins for the non-tensor
+globals of mmengine Runner checkpoints (:mod:`.safe_pickle`); torch's process-wide allow-list
+is never read or changed.
 ``import pvt_mm`` routes mmengine's own local-file loader through it
 (:func:`use_safe_mmengine_loader`).
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
+import tarfile
 import pickle
 import re
 import tempfile
@@ -24,16 +25,18 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from mmengine.logging import print_log
-from torch import nn
 
 from .errors import CheckpointError
 from .errors import listing as _listing
 from .integrity import (check_name_hash, check_safetensors_digest, check_zip_records,
                         file_sha256, safetensors_bytes)
-from .safe_pickle import checkpoint_globals, materialize
+from . import safe_pickle
+from .safe_pickle import materialize
+from .state_check import check_state_dict, model_name, state_dict_problems  # noqa: F401
+from .weights_unpickler import DeclaredDataError, allowed_names, load_weights_only
 
 __all__ = ['resolve_checkpoint', 'read_checkpoint', 'write_checkpoint', 'check_state_dict',
-           'state_dict_problems', 'runner_checkpoint_globals', 'remove_stale_temp_files',
+           'state_dict_problems', 'remove_stale_temp_files',
            'use_safe_mmengine_loader', 'publish_checkpoint', 'folder_weights']
 
 REMOTE_SCHEMES = ('http', 'https')
@@ -52,11 +55,16 @@ WEIGHTS_NAMES = ('model.safetensors', 'pytorch_model.bin')  # in the order trans
 
 def folder_weights(folder: str | os.PathLike) -> Path:
     """The weights file of a transformers folder (``model.safetensors``, else
-    ``pytorch_model.bin``); a folder without one raises :class:`CheckpointError` saying so."""
+    ``pytorch_model.bin``; with both, a warning says which is read); a folder without one
+    raises :class:`CheckpointError` saying so."""
     folder = Path(folder)
-    for name in WEIGHTS_NAMES:
-        if (folder / name).is_file():
-            return folder / name
+    present = [folder / n for n in WEIGHTS_NAMES if (folder / n).is_file()]
+    if len(present) > 1:
+        print_log(f'{folder} holds both {" and ".join(WEIGHTS_NAMES)}: reading '
+                  f'{WEIGHTS_NAMES[0]} (as transformers does); {WEIGHTS_NAMES[1]} is ignored',
+                  logger='current', level=30)
+    if present:
+        return present[0]
     held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     sharded = [n for n in held if n.endswith('.index.json')]
     if sharded:
@@ -93,24 +101,6 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
         f'to/{name}')
 
 
-# ---- the scoped allow-list for mmengine Runner checkpoints --------------------------------
-@contextlib.contextmanager
-def runner_checkpoint_globals() -> Iterator[None]:
-    """Inside this block ``torch.load(weights_only=True)`` accepts exactly the plain-data
-    stand-ins of :mod:`pvt_mm.safe_pickle` for the globals of mmengine Runner checkpoints
-    (``HistoryBuffer``, numpy arrays / scalars / dtypes, ``getattr(HistoryBuffer, 'mean')``);
-    torch's allow-list is restored as it was found. What ``torch.load`` returns inside holds
-    stand-ins: pass it through :func:`pvt_mm.safe_pickle.materialize` (as
-    :func:`read_checkpoint` does)."""
-    present = torch.serialization.get_safe_globals()
-    if any(g is getattr or (isinstance(g, tuple) and g[0] is getattr) for g in present):
-        print_log('builtins.getattr is allow-listed process-wide for torch.load(weights_only='
-                  'True), which lets a checkpoint run code; pvt_mm ignores it for its loads',
-                  logger='current', level=logging.WARNING)
-    with checkpoint_globals():
-        yield
-
-
 # ---- reading --------------------------------------------------------------------------
 def _is_safetensors(head: bytes, size: int) -> bool:
     """8-byte little-endian header length, then a JSON header starting with '{'."""
@@ -118,26 +108,50 @@ def _is_safetensors(head: bytes, size: int) -> bool:
             and 2 <= int.from_bytes(head[:8], 'little') <= size - 8)
 
 
-def _describe(head: bytes, size: int) -> str:
-    """What a file that is no checkpoint looks like, for error messages."""
+def _describe(head: bytes, size: int, show: bool = True) -> str:
+    """What a file that is no checkpoint looks like, for error messages (``show``: quote its
+    first bytes; never for a link, which may point at any file of the system)."""
     text = head.lstrip()
+    quote = (lambda n: f' starting with {head[:n]!r}') if show else (lambda n: '')
     if text[:1] == b'<':
-        return f'an HTML/XML page ({size} bytes; a failed download?) starting with {head[:40]!r}'
+        return f'an HTML/XML page ({size} bytes; a failed download?){quote(40)}'
     try:
         head.decode('utf-8')
         if all(32 <= b < 127 or b in b'\t\r\n' for b in head):
-            return f'a text file ({size} bytes) starting with {head[:40]!r}'
+            return f'a text file ({size} bytes){quote(40)}'
     except UnicodeDecodeError:
         pass
-    return f'an unknown format ({size} bytes) starting with {head[:16]!r}'
+    return f'an unknown format ({size} bytes){quote(16)}'
+
+
+def _check_pickle_container(path: Path, zipped: bool) -> None:
+    """Refuse what ``torch.load`` would hand to other loaders: a TorchScript archive
+    (``torch.jit.load``) or a legacy tar checkpoint."""
+    if zipped:
+        import zipfile
+        with zipfile.ZipFile(path) as archive:
+            if any(n.rsplit('/', 1)[-1] == 'constants.pkl' for n in archive.namelist()):
+                raise CheckpointError(f'{path} is a TorchScript archive (torch.jit.save), not a '
+                                      'checkpoint; load it with torch.jit.load if you trust it')
+    elif tarfile.is_tarfile(path):
+        raise CheckpointError(f'{path} is a legacy tar-format torch checkpoint, which pvt_mm '
+                              'does not read; re-save it with a current torch.save')
+
+
+def _is_published(checkpoint: Any) -> bool:
+    """What ``publish_model`` writes: ``state_dict`` (and ``meta``), nothing else."""
+    return isinstance(checkpoint, Mapping) and 'state_dict' in checkpoint \
+        and set(checkpoint) <= set(PUBLISHED_KEYS)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> Any:
-    """Read a checkpoint safely: torch zip or legacy pickle through ``torch.load(weights_only=
-    True)`` with plain-data stand-ins for mmengine's Runner globals (see
-    :func:`runner_checkpoint_globals`), or a ``.safetensors`` file, told apart by content.
-    Damage is caught first (zip CRC-32s, pvt_mm's safetensors digest, a ``-<sha256>`` name
-    suffix). Any failure raises :class:`CheckpointError` naming the file and what was found."""
+    """Read a checkpoint safely: torch zip or legacy pickle through torch's ``weights_only``
+    unpickler with an allow-list of this load's own (plain-data stand-ins for mmengine's
+    Runner globals, :mod:`pvt_mm.loading.weights_unpickler`), or a ``.safetensors`` file, told apart
+    by content. Damage is caught first (zip layout and CRC-32s, pvt_mm's safetensors digest);
+    a published checkpoint (``meta`` + ``state_dict``) named ``NAME-<8 hex>.pth`` is checked
+    against that sha256 prefix. Any failure raises :class:`CheckpointError` naming the file
+    and what was found."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f'{path} is a directory, not a checkpoint file')
@@ -152,7 +166,6 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> Any:
                               '(0 bytes; an interrupted download or copy?)')
     kind = f'a file of {size} bytes'
     try:
-        check_name_hash(path)
         if _is_safetensors(head, size):
             check_safetensors_digest(path)
             return _read_safetensors(path, map_location)
@@ -163,12 +176,18 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> Any:
             kind = f'a pickle of {size} bytes'
         else:
             raise CheckpointError(f'{path} is not a readable PyTorch checkpoint: found '
-                                  f'{_describe(head, size)}')
-        with runner_checkpoint_globals():
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        return materialize(checkpoint)
+                                  f'{_describe(head, size, show=not path.is_symlink())}')
+        _check_pickle_container(path, head[:4] == ZIP_MAGIC)
+        checkpoint = materialize(load_weights_only(path, allowed_names(safe_pickle.stand_ins()),
+                                                   map_location))
+        if _is_published(checkpoint):
+            check_name_hash(path)
+        return checkpoint
     except CheckpointError as e:
         raise e if str(path) in str(e) else CheckpointError(f'{path}: {e}') from None
+    except DeclaredDataError as e:
+        raise CheckpointError(f'{path} is not a loadable PyTorch checkpoint ({kind}): '
+                              f'{e}') from None
     except pickle.UnpicklingError as e:
         detail = _first_line(e)
         if any(w in detail for w in ('GLOBAL', 'Unsupported global', 'unrecognized function',
@@ -178,7 +197,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> Any:
                 f'is not loaded (torch.load weights_only=True): {detail}') from None
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({kind}, corrupt, '
                               f'truncated, or not written by torch.save): {detail}') from None
-    except (KeyboardInterrupt, SystemExit, MemoryError):
+    except MemoryError:
+        raise CheckpointError(f'{path} ({kind}) needs more memory than this process can get '
+                              '(declared sizes larger than the data?)') from None
+    except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: B036  whatever a crafted file provokes is named
         raise CheckpointError(f'{path} is not a readable PyTorch checkpoint (corrupt, truncated '
@@ -278,7 +300,7 @@ def write_checkpoint(obj: Mapping[str, Any], dst: str | os.PathLike, fmt: str | 
                      metadata: dict[str, str] | None = None) -> Path:
     """Write ``obj`` atomically (:func:`atomic_path`) with ``torch.save`` or, for the
     safetensors format (a flat ``{name: tensor}`` dict), as safetensors with the SHA-256 of
-    its data and ``metadata`` in its header (:func:`pvt_mm.integrity.safetensors_bytes`)."""
+    its data and ``metadata`` in its header (:func:`pvt_mm.loading.integrity.safetensors_bytes`)."""
     fmt = checkpoint_format(dst, fmt)
     with atomic_path(dst) as tmp:
         if fmt == 'safetensors':
@@ -291,45 +313,6 @@ def write_checkpoint(obj: Mapping[str, Any], dst: str | os.PathLike, fmt: str | 
         else:
             torch.save(obj, tmp)
     return Path(dst)
-
-
-# ---- checking and loading -------------------------------------------------------------
-def state_dict_problems(expected: Mapping[str, torch.Tensor],
-                        state_dict: Mapping[str, Any]) -> list[str]:
-    """Missing, unexpected and mis-shaped keys of ``state_dict`` against ``expected`` (the
-    first few of each, with counts); empty when they match."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}'
-              for k, v in state_dict.items()
-              if k in expected and hasattr(v, 'shape') and v.shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} missing key(s): {_listing(missing, 5)}')
-    if unexpected:
-        problems.append(f'{len(unexpected)} unexpected key(s): {_listing(unexpected, 5)}')
-    if shapes:
-        problems.append(f'{len(shapes)} shape mismatch(es): {_listing(shapes, 5)}')
-    return problems
-
-
-def model_name(model: nn.Module) -> str:
-    """``PVTv2 (b0)``: the class and, where known, the variant by its table name."""
-    arch = getattr(model, 'arch_name', None)
-    if arch is None and isinstance(getattr(model, 'arch', None), str):
-        arch = model.arch
-    return f'{type(model).__name__}{f" ({arch})" if arch else ""}'
-
-
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor],
-                     source: str | os.PathLike | None = None) -> None:
-    """Raise CheckpointError naming the file, the model, and missing, unexpected and
-    mis-shaped keys."""
-    problems = state_dict_problems(model.state_dict(), state_dict)
-    if problems:
-        where = f'{source} ' if source is not None else 'checkpoint '
-        raise CheckpointError(f'{where}does not match {model_name(model)}: '
-                              + '; '.join(problems))
 
 
 # ---- mmengine's own loaders ------------------------------------------------------------

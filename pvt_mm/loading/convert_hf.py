@@ -21,9 +21,10 @@ Not backbone parameters (dropped on the way in, with a log line): v1's ``cls_tok
 position slot and final ``encoder.layer_norm``; the ``classifier`` head.
 
 Folders (``save_pretrained`` / hub snapshots: ``config.json`` + weights) are read and written
-by :mod:`pvt_mm.hf_folder`. Architecture differences the weights do not carry: transformers uses
-``layer_norm_eps`` (1e-6) in every norm, the official code 1e-5 in the patch-embedding and
-spatial-reduction norms; transformers' v1 runs the cls token through stage 4's attention.
+by :mod:`pvt_mm.loading.hf_folder`. Architecture differences the weights do not carry:
+transformers uses ``layer_norm_eps`` (1e-6) in every norm, the official code 1e-5 in the
+patch-embedding and spatial-reduction norms; transformers' v1 runs the cls token through stage
+4's attention.
 """
 from __future__ import annotations
 
@@ -31,23 +32,20 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from mmengine.logging import print_log
 from torch import Tensor
 
+from ..arch import NUM_STAGES, PVTArch
 from .errors import CheckpointError
 from .errors import listing as _listing
-
-if TYPE_CHECKING:  # the variant table is imported where needed (models import this module)
-    from .models.backbones.arch import PVTArch
 
 __all__ = ['transformers_layout', 'from_transformers', 'to_transformers', 'classifier_parts',
            'hf_config', 'LAYOUTS', 'CONFIG_NAME']
 
 CONFIG_NAME = 'config.json'
-NUM_STAGES = 4
 HF_LN_EPS = 1e-6  # transformers' layer_norm_eps (every norm)
 
 

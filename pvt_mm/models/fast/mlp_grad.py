@@ -15,36 +15,14 @@ shapes); other dtypes (bf16 autocast) recompute each band with autograd.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..layers.mlp import Mlp
+from ..layers.shape import HW
+from .bands import halo, mlp_banded, mlp_bands, mlp_rows
 from .fused import OneDNNKernels, matmul_nt
-from .shape import HW, RowBand
-
-
-class Mlp(Protocol):
-    """What the banded backward needs of :class:`.mlp.Mlp` (declared here, so this module
-    does not import the one that uses it)."""
-
-    fc1: torch.nn.Linear
-    fc2: torch.nn.Linear
-    relu: torch.nn.Module | None
-    dwconv: torch.nn.Module | None
-
-    @property
-    def halo(self) -> int: ...
-
-    def bands(self, hw: HW, row_bytes: int) -> list[RowBand]: ...
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
-
-    def _rows(self, x: Tensor, keep: slice, kernels: OneDNNKernels) -> Tensor: ...
-
-    def _forward_banded(self, x: Tensor, hw: HW, dtype: torch.dtype) -> Tensor: ...
 
 _ops = torch.ops.aten
 
@@ -53,7 +31,8 @@ class BandedMlpFunction(torch.autograd.Function):
     """``mlp(x, hw)`` with the banded forward and recomputing backward described above.
 
     apply(x (B, N, C), hw, mlp, dtype, *mlp.parameters()) -> (B, N, C), with ``dtype`` the
-    oneDNN training path's kernel dtype (:mod:`.exec_path`).
+    oneDNN training path's kernel dtype (:mod:`.exec_path`), ``mlp`` a stock
+    :class:`~pvt_mm.models.layers.Mlp`.
     """
 
     @staticmethod
@@ -62,7 +41,7 @@ class BandedMlpFunction(torch.autograd.Function):
                 ) -> Tensor:
         ctx.save_for_backward(x)
         ctx.hw, ctx.mlp, ctx.dtype = hw, mlp, dtype
-        return mlp._forward_banded(x, hw, dtype)
+        return mlp_banded(mlp, x, hw, dtype)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type='cpu')
@@ -98,9 +77,9 @@ def _backward_autograd(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
     itemsize = dtype.itemsize  # the forward's band plan
     kernels = OneDNNKernels(dtype, autograd=True)
     with torch.enable_grad():
-        for band in mlp.bands(hw, B * W * itemsize):
+        for band in mlp_bands(mlp, hw, B * W * itemsize):
             xs = rows[:, band.read].requires_grad_(need_x)
-            out = mlp._rows(xs, band.keep, kernels)
+            out = mlp_rows(mlp, xs, band.keep, kernels)
             grads = torch.autograd.grad(out, ([xs] if need_x else []) + params,
                                         grad_rows[:, band.own])
             if dx is not None:
@@ -128,10 +107,10 @@ def _backward_explicit(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
     hidden = w1.shape[0]
     acc = {p: torch.zeros_like(p) for p in mlp.parameters()}
     x, grad = x.contiguous(), grad.contiguous()  # oneDNN is slow on strided right operands
-    dx = (torch.zeros_like(x) if mlp.halo else torch.empty_like(x)) if need_x else None
+    dx = (torch.zeros_like(x) if halo(mlp) else torch.empty_like(x)) if need_x else None
     for b in range(B):
         x_img, g_img = x[b].view(H, W, C), grad[b].view(H, W, C)
-        for read, keep, own in mlp.bands(hw, W * x.element_size()):
+        for read, keep, own in mlp_bands(mlp, hw, W * x.element_size()):
             rows_in = read.stop - read.start
             x_in = x_img[read].reshape(-1, C)  # (T_in, C), a view
             g_out = g_img[own].reshape(-1, C)  # (T_out, C)
@@ -175,7 +154,7 @@ def _backward_explicit(mlp: Mlp, x: Tensor, grad: Tensor, hw: HW, need_x: bool,
             if dx is not None:
                 d = matmul_nt(dh, w1_t).view(rows_in, W, C)  # dh @ w1
                 dst = dx[b].view(H, W, C)[read]
-                if mlp.halo:
+                if halo(mlp):
                     dst += d
                 else:
                     dst.copy_(d)

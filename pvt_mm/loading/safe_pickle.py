@@ -9,15 +9,20 @@ object sub-array while it claims to hold no objects (8 file bytes then become a
 ``PyObject*``), and ``HistoryBuffer.__setstate__`` writes the file's statistic methods into a
 class-level dict of the running process.
 
-So none of them is allow-listed. For the duration of one load (:func:`checkpoint_globals`)
-torch's allow-list holds exactly the stand-ins below, registered under the names those
-objects are pickled with; each accepts only plain data and raises on anything else:
+So none of them is allow-listed. Each pvt_mm load gets its own allow-list (never torch's
+process-wide one: :mod:`pvt_mm.loading.weights_unpickler`) holding exactly the stand-ins below,
+registered under the names those objects are pickled with; each accepts only plain data and
+raises on anything else:
 
-- ``numpy.dtype``: float64 / float32 / int64 / int32 / bool, little-endian or native, built
-  by name (no fields, sub-arrays, objects, metadata or flags);
+- ``numpy.dtype``: the plain numeric dtypes (bool, signed / unsigned integers, float16/32/64,
+  complex64/128) in any byte order and fixed-width unicode (``np.str_``), built by name (no
+  fields, sub-arrays, objects, metadata or flags); numpy <= 1.18's ``(name, 0, 1)`` arguments
+  are the same as ``(name, False, True)``;
 - ``numpy.core.multiarray._reconstruct`` + ``numpy.ndarray`` and the array state: a
-  C-contiguous array of such a dtype whose byte count matches its shape;
+  C-contiguous array of such a dtype whose byte count matches its shape (a read-only view of
+  the file's bytes: no copy; bool bytes 0 / 1 only, unicode code points only);
 - ``numpy.core.multiarray.scalar``: one such value;
+- ``datetime`` values, ``pathlib`` paths, ``argparse.Namespace`` (:mod:`pvt_mm.loading.safe_plain`);
 - ``mmengine...HistoryBuffer`` and ``builtins.getattr``: a buffer's max length and its two
   1-D histories; the statistic-method references resolve to names only.
 
@@ -27,29 +32,31 @@ never touched by file data.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import pickle
-from collections.abc import Iterator
+import re
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ['checkpoint_globals', 'materialize', 'HISTORY_BUFFER_METHODS', 'PLAIN_DTYPES']
+from .safe_plain import NamespaceRecord, plain_stand_ins
+from .safe_plain import refuse as _refuse
 
-# the dtypes of logged values and counts; byte orders numpy pickles them with
-PLAIN_DTYPES = {'f8': np.float64, 'f4': np.float32, 'i8': np.int64, 'i4': np.int32,
-                'b1': np.bool_}
-BYTE_ORDERS = ('<', '|', '=')
+__all__ = ['stand_ins', 'materialize', 'HISTORY_BUFFER_METHODS', 'PLAIN_DTYPES']
+
+# plain numeric dtypes by the names numpy pickles them with; byte orders of their states
+PLAIN_DTYPES = {'f8': np.float64, 'f4': np.float32, 'f2': np.float16, 'i8': np.int64,
+                'i4': np.int32, 'i2': np.int16, 'i1': np.int8, 'u8': np.uint64,
+                'u4': np.uint32, 'u2': np.uint16, 'u1': np.uint8, 'b1': np.bool_,
+                'c8': np.complex64, 'c16': np.complex128}
+BYTE_ORDERS = ('<', '|', '=', '>')
+UNICODE = re.compile(r'U([1-9][0-9]{0,6})')  # np.str_ / unicode arrays: 'U<chars>'
+MAX_CODE_POINT = 0x10FFFF
 HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
 HISTORY_KEYS = {'max_length', '_log_history', '_count_history'}
 _MULTIARRAY = ('numpy.core.multiarray', 'numpy._core.multiarray')  # numpy 1 / numpy 2 names
-
-
-def _refuse(what: str) -> None:
-    raise pickle.UnpicklingError(f'refused {what}')
 
 
 def _short(obj: Any) -> str:
@@ -62,11 +69,17 @@ class _DType:
     """``numpy.dtype(name, align, copy)`` + its BUILD state, for the plain dtypes only."""
 
     def __new__(cls, *args: Any) -> _DType:
-        if len(args) != 3 or args[0] not in PLAIN_DTYPES or args[1] is not False \
-                or args[2] is not True:
-            _refuse(f'numpy dtype {_short(args)}: only {"/".join(PLAIN_DTYPES)} are allowed')
+        if len(args) != 3:
+            _refuse(f'numpy dtype {_short(args)}: (name, align, copy) expected')
+        name, align, copy = args
+        if not (type(name) is str and (name in PLAIN_DTYPES or UNICODE.fullmatch(name))):
+            _refuse(f'numpy dtype {_short(name)}: only plain numbers '
+                    f'({"/".join(PLAIN_DTYPES)}) and unicode (U<n>) are allowed')
+        if type(align) not in (bool, int) or align != 0 or type(copy) not in (bool, int) \
+                or copy != 1:
+            _refuse(f'numpy dtype arguments {_short(args)}: (name, False, True) expected')
         self = object.__new__(cls)
-        self.name, self.dtype = args[0], None
+        self.name, self.dtype = name, None
         return self
 
     def __init__(self, *args: Any) -> None:  # all checks are in __new__
@@ -75,17 +88,37 @@ class _DType:
     def __setstate__(self, state: Any) -> None:
         if self.dtype is not None:
             _refuse('a second state for a numpy dtype')
+        unicode = UNICODE.fullmatch(self.name)
+        sizes = (4 * int(unicode[1]), 4, 8) if unicode else (-1, -1, 0)
         if not (type(state) is tuple and len(state) == 8 and state[0] == 3
                 and state[1] in BYTE_ORDERS and state[2:5] == (None, None, None)
-                and state[5:] == (-1, -1, 0)):
-            _refuse(f'numpy dtype state {_short(state)}: only a plain numeric dtype\'s state '
-                    '(no fields, sub-arrays, objects, sizes or flags) is allowed')
-        self.dtype = np.dtype(PLAIN_DTYPES[self.name])
+                and state[5:] == sizes):
+            _refuse(f'numpy dtype state {_short(state)}: only a plain numeric or unicode '
+                    'dtype\'s state (no fields, sub-arrays, objects, sizes or flags) is allowed')
+        dtype = np.dtype(self.name if unicode else PLAIN_DTYPES[self.name])
+        self.dtype = dtype.newbyteorder('>') if state[1] == '>' else dtype
 
     def built(self) -> np.dtype:
         if self.dtype is None:
             _refuse(f'numpy dtype {self.name!r} used before its state')
         return self.dtype
+
+
+def _from_bytes(data: Any, dtype: np.dtype, count: int) -> np.ndarray:
+    """``count`` values of ``dtype`` over ``data`` (no copy: read-only over bytes); bool bytes
+    must be 0 / 1 and unicode code points valid (what numpy itself writes)."""
+    if type(data) not in (bytes, bytearray):
+        _refuse(f'numpy data of type {type(data).__name__} (bytes expected)')
+    if count * dtype.itemsize != len(data):
+        _refuse(f'numpy data of {len(data)} bytes for {count} values of {dtype}')
+    values = np.frombuffer(data, dtype=dtype, count=count)
+    raw = np.frombuffer(data, np.uint8)
+    if dtype.kind == 'b' and raw.size and raw.max() > 1:
+        _refuse('numpy bool data with bytes other than 0 and 1')
+    if dtype.kind == 'U' and raw.size and \
+            np.frombuffer(data, dtype.byteorder.replace('=', '<') + 'u4').max() > MAX_CODE_POINT:
+        _refuse('numpy unicode data with invalid code points')
+    return values
 
 
 class _Array:
@@ -107,12 +140,7 @@ class _Array:
             _refuse(f'numpy array dtype {_short(dtype)}')
         if fortran is not False:
             _refuse('a Fortran-ordered numpy array (only C-contiguous arrays are allowed)')
-        if type(data) not in (bytes, bytearray):
-            _refuse(f'numpy array data of type {type(data).__name__} (bytes expected)')
-        dtype = dtype.built()
-        if math.prod(shape) * dtype.itemsize != len(data):
-            _refuse(f'numpy array data of {len(data)} bytes for shape {shape} of {dtype}')
-        self.array = np.frombuffer(bytes(data), dtype=dtype).reshape(shape).copy()
+        self.array = _from_bytes(data, dtype.built(), math.prod(shape)).reshape(shape)
 
     def built(self) -> np.ndarray:
         if getattr(self, 'array', None) is None:
@@ -132,7 +160,8 @@ def _scalar(dtype: Any, data: Any = None) -> np.generic:
     dtype = dtype.built()
     if len(data) != dtype.itemsize:
         _refuse(f'numpy scalar of {len(data)} bytes for {dtype}')
-    return np.frombuffer(bytes(data), dtype=dtype)[0]
+    value = _from_bytes(data, dtype, 1)[0]
+    return np.str_(str(value)) if dtype.kind == 'U' else value.copy()
 
 
 class _StatisticRef:
@@ -191,60 +220,61 @@ class _HistoryBuffer:
         return HistoryBuffer(self.logs, self.counts, self.max_length)
 
 
-STAND_IN_TYPES = (_DType, _Array, _HistoryBuffer, _StatisticRef)
+STAND_IN_TYPES = (_DType, _Array, _HistoryBuffer, _StatisticRef, NamespaceRecord)
 
 
 def stand_ins() -> list[tuple[Any, str]]:
-    """(stand-in, pickled name) pairs for ``torch.serialization.safe_globals``."""
+    """(stand-in, pickled name) pairs: the whole allow-list of one pvt_mm load."""
     pairs = [(_DType, 'numpy.dtype'), (_Array, 'numpy.ndarray'),
              (_HistoryBuffer, HISTORY_BUFFER), (_getattr, 'builtins.getattr')]
     for module in _MULTIARRAY:
         pairs += [(_reconstruct, f'{module}._reconstruct'), (_scalar, f'{module}.scalar')]
-    return pairs
-
-
-@contextlib.contextmanager
-def checkpoint_globals() -> Iterator[None]:
-    """Inside this block torch's ``weights_only`` allow-list is exactly :func:`stand_ins`;
-    whatever the process had allow-listed (even the real numpy classes or ``getattr``) is set
-    aside for the block and restored after it."""
-    before = torch.serialization.get_safe_globals()
-    torch.serialization.clear_safe_globals()
-    try:
-        torch.serialization.add_safe_globals(stand_ins())
-        yield
-    finally:
-        torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals(before)
+    return pairs + plain_stand_ins()
 
 
 def materialize(obj: Any) -> Any:
     """``obj`` with every stand-in replaced by the real object (numpy arrays, scalars and
-    dtypes, ``HistoryBuffer``); lists and dicts are updated in place, tuples and sets
-    rebuilt, tensors left as they are."""
+    dtypes, ``HistoryBuffer``, ``argparse.Namespace``): in dict keys and values (keys rebuilt;
+    an unhashable one is refused), list items, tuple / set members and the attributes of
+    objects that carry them (``OrderedDict._metadata``, tensors' and parameters' ``__dict__``);
+    dicts and lists are updated in place, tuples and sets rebuilt."""
     memo: dict[int, Any] = {}
 
+    def attributes(x: Any) -> None:
+        state = getattr(x, '__dict__', None)
+        if type(state) is dict and state:
+            for key in list(state):
+                state[key] = walk(state[key])
+
     def walk(x: Any) -> Any:
-        if isinstance(x, (torch.Tensor, str, bytes, int, float, bool, type(None))):
+        if isinstance(x, (str, bytes, int, float, bool, type(None))):
             return x
         if id(x) in memo:
             return memo[id(x)]
         kind = type(x)
-        if kind is _Array:
-            out = x.built()
-        elif kind is _DType:
+        if isinstance(x, torch.Tensor):
+            memo[id(x)] = x
+            attributes(x)
+            return x
+        if kind in (_Array, _DType):
             out = x.built()
         elif kind is _HistoryBuffer:
             out = x.build()
+        elif kind is NamespaceRecord:
+            out = x.build(walk)
         elif kind is _StatisticRef:
             from mmengine.logging.history_buffer import HistoryBuffer
             out = getattr(HistoryBuffer, x.name)
         elif isinstance(x, dict):
             memo[id(x)] = x
-            if any(type(k) in STAND_IN_TYPES for k in x):
-                _refuse('a numpy or HistoryBuffer object as a dict key')
-            for key in list(x):
-                x[key] = walk(x[key])
+            items = [(walk(k), walk(v)) for k, v in x.items()]
+            x.clear()
+            for key, value in items:
+                try:
+                    x[key] = value
+                except TypeError:
+                    _refuse(f'an unhashable dict key ({type(key).__name__})')
+            attributes(x)
             return x
         elif kind is list:
             memo[id(x)] = x
@@ -253,7 +283,10 @@ def materialize(obj: Any) -> Any:
         elif kind is tuple:
             out = tuple(walk(v) for v in x)
         elif kind in (set, frozenset):
-            out = kind(walk(v) for v in x)
+            try:
+                out = kind(walk(v) for v in x)
+            except TypeError:
+                _refuse('an unhashable set member')
         else:
             return x
         memo[id(x)] = out

@@ -1,6 +1,11 @@
-"""The one table of PVT variants. Configs pick an entry by name (``arch='small'``)."""
+"""The one table of PVT variants. Configs pick an entry by name (``arch='small'``).
+
+Pure data (no torch, no pvt_mm imports): a base module, so the loading layer reads the table
+as well as the models (``tests/test_layers.py``).
+"""
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -45,6 +50,11 @@ class PVTArch:
     @property
     def total_depth(self) -> int:
         return sum(self.depths)
+
+    @property
+    def backbone_type(self) -> str:
+        """The registered backbone class of this version: ``'PVT'`` (v1) or ``'PVTv2'``."""
+        return 'PVT' if self.version == 1 else 'PVTv2'
 
 
 _V2_DIMS = (64, 128, 320, 512)
@@ -98,9 +108,8 @@ def resolve_arch(arch: str | Mapping[str, Any] | PVTArch, version: int) -> PVTAr
         name = OFFICIAL_NAMES.get(arch, arch)
         choices = sorted(k for k, a in ARCHS.items() if a.version == version)
         if name not in ARCHS or ARCHS[name].version != version:
-            other = (f" ({arch!r} is a {'PVTv2' if ARCHS[name].version == 2 else 'PVT'} arch:"
-                     f" type={'PVTv2' if ARCHS[name].version == 2 else 'PVT'!r})"
-                     if name in ARCHS else '')
+            kind = ARCHS[name].backbone_type if name in ARCHS else ''
+            other = f' ({arch!r} is a {kind} arch: type={kind!r})' if kind else ''
             raise ValueError(f'unknown PVT{"v2" if version == 2 else ""} arch {arch!r}{other}; '
                              f'choose one of {choices} or pass a dict of settings')
         spec = ARCHS[name]
@@ -118,3 +127,15 @@ def resolve_arch(arch: str | Mapping[str, Any] | PVTArch, version: int) -> PVTAr
     if spec.version != version:
         raise ValueError(f'arch is PVT v{spec.version}, not v{version}')
     return spec
+
+
+def check_arch(arch: str) -> str:
+    """An ARCHS name or an official class name (``pvt_v2_b2``) -> the ARCHS name; ValueError
+    naming the near names and the choices for anything else."""
+    name = OFFICIAL_NAMES.get(arch, arch) if isinstance(arch, str) else arch
+    if name not in ARCHS:
+        close = difflib.get_close_matches(str(arch), list(ARCHS) + list(OFFICIAL_NAMES), n=3)
+        hint = f' (did you mean {" or ".join(close)}?)' if close else ''
+        raise ValueError(f'unknown PVT arch {arch!r}{hint}; choose one of {sorted(ARCHS)} '
+                         'or an official name such as pvt_v2_b2')
+    return name

@@ -9,7 +9,9 @@ forward runs with
 
     min(torch's count, CPUs of the affinity mask, ceil(cgroup CPU quota), free CPUs)
 
-threads (at least one), and the count is put back afterwards. "Free CPUs" = online CPUs minus
+threads (at least one), set for the calling thread only (its OpenMP thread count, see
+:func:`cpu_threads`: other Python threads and ``torch.get_num_threads()`` elsewhere never see
+it) and put back afterwards. "Free CPUs" = online CPUs minus
 the runnable tasks of other processes at that moment (``/proc/loadavg``'s 4th field, less this
 process's own running threads), seen in two decisions in a row (a task that runs for a moment
 does not count); it is used only when the affinity mask holds every online CPU (the count is
@@ -17,9 +19,9 @@ machine-wide). The decision is re-read at most every ``DECISION_TTL_S``.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .exec_path import is_graph_capture
+from ..layers.tracing import is_graph_capture
 
 PROC_LOADAVG = Path('/proc/loadavg')
 PROC_SELF_TASKS = Path('/proc/self/task')
@@ -203,14 +205,15 @@ def choose_threads(current: int, budget: int, online: int, others: int | None,
 
 
 def forward_threads() -> int | None:
-    """Threads for the next piece of a CPU forward, or None to leave torch's count alone
-    (explicit count, or not the main thread: torch's count is process-wide)."""
+    """Threads for the next piece of a CPU forward, or None to leave the count alone (the
+    user's count, see :func:`explicit_threads`)."""
     global _decision, _others_before
-    if threading.current_thread() is not threading.main_thread() or explicit_threads():
+    if explicit_threads():
         return None
     now = time.monotonic()
-    if _decision is not None and now - _decision[0] < DECISION_TTL_S:
-        return _decision[1]
+    decision = _decision
+    if decision is not None and now - decision[0] < DECISION_TTL_S:
+        return decision[1]
     allowed, online = affinity_cpus(), online_cpus()
     current, budget = torch.get_num_threads(), cpu_budget()
     whole = len(allowed) >= online
@@ -227,18 +230,55 @@ def forward_threads() -> int | None:
     return n
 
 
+_UNFOUND = object()
+_omp_lib: object = _UNFOUND
+
+
+def openmp_runtime() -> ctypes.CDLL | None:
+    """torch's OpenMP runtime (the one mapped into this process), whose
+    ``omp_set_num_threads`` sets the calling thread's count only; None when torch does not
+    run on OpenMP or the runtime cannot be told apart (then the count is left alone)."""
+    global _omp_lib
+    if _omp_lib is _UNFOUND:
+        _omp_lib = _find_openmp()
+    return _omp_lib  # type: ignore[return-value]
+
+
+def _find_openmp() -> ctypes.CDLL | None:
+    if 'OpenMP' not in torch.__config__.parallel_info().split('parallel backend:')[-1]:
+        return None
+    try:
+        with open('/proc/self/maps') as f:
+            mapped = {line.split()[-1] for line in f if '/lib' in line and 'omp' in line}
+    except OSError:
+        return None
+    runtimes = sorted(p for p in mapped if os.path.basename(p).startswith(
+        ('libgomp', 'libiomp5', 'libomp')))
+    if len(runtimes) != 1:  # none, or two runtimes: which one torch uses is unknown
+        return None
+    try:
+        lib = ctypes.CDLL(runtimes[0])
+        lib.omp_set_num_threads.argtypes = [ctypes.c_int]
+        lib.omp_get_max_threads.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return lib
+
+
 @contextmanager
 def cpu_threads(x: torch.Tensor) -> Iterator[int]:
     """Run the body with :func:`forward_threads` threads when ``x`` is on the CPU and the
-    forward is not traced / exported / compiled; torch's count is put back afterwards.
-    Yields the count used."""
+    forward is not traced / exported / compiled. The count is the calling thread's own OpenMP
+    setting (what torch's CPU kernels and oneDNN read), put back afterwards: torch's process
+    count (``torch.set_num_threads``) and other threads are never touched. Yields the count."""
     n = None if x.device.type != 'cpu' or is_graph_capture() else forward_threads()
-    prev = torch.get_num_threads()
-    if n is None or n == prev:
+    prev = torch.get_num_threads()  # also sets up this thread's count in torch
+    omp = openmp_runtime() if n is not None and n != prev else None
+    if omp is None:
         yield prev
         return
-    torch.set_num_threads(n)
+    omp.omp_set_num_threads(n)
     try:
         yield n
     finally:
-        torch.set_num_threads(prev)
+        omp.omp_set_num_threads(prev)
