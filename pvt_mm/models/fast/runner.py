@@ -9,6 +9,7 @@ also picks the threads of each piece (:mod:`.threads`: for the calling thread on
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 
 import torch
@@ -23,9 +24,10 @@ from .exec_path import REFERENCE, TRACED, ExecKind, ExecPath, decide_exec_path
 from .mlp import forward_native, mlp_forward, native_supported
 from .threads import cpu_threads
 
-# model -> (id of the module, reason) already logged
+# model -> (id of the module, reason) already logged; several threads may run one model
 _reported: weakref.WeakKeyDictionary[nn.Module, set[tuple[int, str]]] = \
     weakref.WeakKeyDictionary()
+_reported_lock = threading.Lock()
 
 
 class Runner:
@@ -73,10 +75,11 @@ class Runner:
     def _report(self, module: nn.Module, reason: str) -> None:
         """One log line per model and (module, reason): the module runs its own forward."""
         key = self.owner if self.owner is not None else module
-        seen = _reported.setdefault(key, set())
-        if (id(module), reason) in seen:
-            return
-        seen.add((id(module), reason))
+        with _reported_lock:  # only taken when a module steps aside
+            seen = _reported.setdefault(key, set())
+            if (id(module), reason) in seen:
+                return
+            seen.add((id(module), reason))
         name = type(module).__name__
         if self.owner is not None:
             name = next((n for n, m in self.owner.named_modules() if m is module), '') or name
